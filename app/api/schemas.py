@@ -1,0 +1,131 @@
+"""Request and response models of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must contain at least one non-whitespace character")
+    return value
+
+
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="The text to label; stored exactly as sent.")
+
+    _check = field_validator("text")(_not_blank)
+
+
+class BatchLabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, description="Texts to label, answered in order.")
+
+    @field_validator("texts")
+    @classmethod
+    def _each_not_blank(cls, texts: list[str]) -> list[str]:
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"texts[{i}] must contain at least one non-whitespace character")
+        return texts
+
+
+class LabelResult(BaseModel):
+    id: int = Field(description="Id of the stored pseudo-label.")
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    model_version: int
+
+
+class BatchLabelResult(BaseModel):
+    results: list[LabelResult]
+
+
+class StoredPseudoLabel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    text: str
+    label: str
+    confidence: float
+    logits: list[float]
+    model_version: int
+    created_at: datetime
+
+
+class PseudoLabelPage(BaseModel):
+    items: list[StoredPseudoLabel]
+    next_after_id: int | None = Field(description="Pass as after_id for the next page; null at the end.")
+
+
+class GoldExampleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    label: str = Field(min_length=1, max_length=200)
+    split: Literal["train", "dev", "test"] | None = Field(
+        None, description="Omitted: a stable split from the text's hash (80/10/10)."
+    )
+
+    _check = field_validator("text")(_not_blank)
+
+
+class GoldImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    examples: list[GoldExampleIn] = Field(min_length=1)
+
+
+class GoldImportResult(BaseModel):
+    inserted: int
+    skipped_duplicates: int
+    split_counts: dict[str, int]
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: str
+
+
+class JobView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    status: str
+    stage: str
+    progress: float
+    trigger: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    promoted: bool | None
+    decision_reason: str | None
+    champion_version: int | None
+    candidate_version: int | None
+    cancel_requested: bool
+    error: str | None
+    history: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    version: int
+    state: str
+    decision: str
+    active: bool = False
+    parent_version: int | None
+    job_id: str | None
+    labels: list[str]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    error: str | None
+    created_at: datetime
+
+
+class ActiveModelView(BaseModel):
+    version: int | None = Field(description="Version active in the store.")
+    served_version: int | None = Field(description="Version this API process serves now.")
+    model: ModelView | None

@@ -1,0 +1,164 @@
+"""Command line: `python -m app.cli COMMAND` (installed as `pfp`).
+
+serve      everything on one machine: first model if needed, a worker with beat, the API
+api        the API alone (docker-compose's api service)
+worker     a Celery worker (add --beat on a single machine)
+beat       Celery beat, the retraining schedule
+bootstrap  fine-tune and publish the first model if none is active, then exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from app.core.config import Settings, get_settings
+
+
+def _bootstrap(settings: Settings) -> None:
+    from tqdm import tqdm
+
+    from app.store.database import Store
+    from workers.bootstrap import bootstrap_first_model
+
+    store = Store(settings.store_url)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = tqdm(total=1000, desc=stage, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        bar = bars[stage]
+        bar.update(int(fraction * 1000) - bar.n)
+
+    started = time.monotonic()
+    print(f"Store: {settings.store_url.split('@')[-1]}  Models: {settings.models_path}", flush=True)
+    try:
+        version = bootstrap_first_model(settings, store, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if version is None:
+        print("A model is already active; no bootstrap needed.", flush=True)
+    else:
+        print(
+            f"Published the first model as v{version} in {time.monotonic() - started:.0f} s.",
+            flush=True,
+        )
+    store.dispose()
+
+
+def _celery_worker_args(settings: Settings, beat: bool) -> list[str]:
+    args = [
+        sys.executable, "-m", "celery", "-A", "workers.tasks", "worker",
+        "--loglevel", settings.log_level.upper(),
+        # One job at a time: training already uses every core.
+        "--concurrency", "1",
+        "--without-mingle", "--without-gossip",
+    ]
+    if beat:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        args += ["--beat", "--schedule", str(settings.data_dir / "celerybeat-schedule")]
+    return args
+
+
+def _run_api(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        # Let in-flight requests finish on shutdown.
+        timeout_graceful_shutdown=20,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    _bootstrap(settings)
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen(_celery_worker_args(settings, beat=True))
+        mode = "embedded broker" if settings.embedded else "Redis"
+        print(f"Started a Celery worker with beat ({mode}), pid {worker.pid}.", flush=True)
+    print(f"Serving on http://{args.host or settings.host}:{args.port or settings.port}", flush=True)
+    try:
+        _run_api(settings, args.host or settings.host, args.port or settings.port)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    _run_api(settings, args.host or settings.host, args.port or settings.port)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    argv = _celery_worker_args(settings, beat=args.beat)
+    os.execv(argv[0], argv)
+
+
+def cmd_beat(_args: argparse.Namespace) -> None:
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.tasks", "beat",
+        "--loglevel", settings.log_level.upper(),
+        "--schedule", str(settings.data_dir / "celerybeat-schedule"),
+    ]
+    os.execv(argv[0], argv)
+
+
+def cmd_bootstrap(_args: argparse.Namespace) -> None:
+    _bootstrap(get_settings())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pfp",
+        description="A text classification service that pre-trains a better model of itself "
+        "on its own predictions. Configuration comes from environment variables (README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run everything on this machine (embedded mode)")
+    serve.add_argument("--host", default=None, help="bind address (default: HOST setting)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: PORT setting)")
+    serve.add_argument("--no-worker", action="store_true", help="do not start a worker")
+    serve.set_defaults(func=cmd_serve)
+    api = sub.add_parser("api", help="run the API alone")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.set_defaults(func=cmd_api)
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--beat", action="store_true", help="also run the schedule (one worker only)")
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("beat", help="run Celery beat").set_defaults(func=cmd_beat)
+    sub.add_parser("bootstrap", help="publish the first model if none is active").set_defaults(
+        func=cmd_bootstrap
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

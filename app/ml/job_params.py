@@ -1,0 +1,53 @@
+"""Parameters of a retraining job: what `POST /jobs` accepts, all optional.
+
+The defaults follow the paper's later version (all pseudo-labels, no confidence filter,
+unweighted sum of the losses, soft labels, pre-training from the original encoder);
+issue 3's ablation is where they get re-decided by our own measurement.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start_from: Literal["base", "active"] = Field(
+        "base",
+        description="Encoder that pre-training starts from: the base encoder or the active model.",
+    )
+    mlm_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the masked-LM loss.")
+    label_mode: Literal["hard", "soft"] = Field(
+        "soft",
+        description="hard: cross-entropy to the stored label; soft: KL to the stored logits.",
+    )
+    task_input: Literal["masked", "clean"] = Field(
+        "masked",
+        description="Task loss on the masked input (one pass) or on the clean text (two passes).",
+    )
+    temperature: float = Field(1.0, gt=0.0, le=20.0, description="Softmax temperature, soft mode.")
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens masked.")
+    min_confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="Drop pseudo-labels below this confidence."
+    )
+    max_pool_texts: int = Field(
+        0, ge=0, description="Use at most this many of the newest pseudo-labeled texts (0: all)."
+    )
+    pretrain_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over the pool.")
+    pretrain_max_steps: int = Field(0, ge=0, description="Cap on pre-training steps (0: none).")
+    pretrain_learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    finetune_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over gold train.")
+    finetune_max_steps: int = Field(0, ge=0, description="Cap on fine-tuning steps (0: none).")
+    finetune_learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=1024)
+    max_length: int = Field(128, ge=8, le=512, description="Tokens per text.")
+    seed: int = Field(13, ge=0)
+    promotion_margin: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Dev macro-F1 gain needed to publish; default: the PROMOTION_MARGIN setting.",
+    )

@@ -1,0 +1,223 @@
+"""The model server inside each API process.
+
+It holds the active classifier, gathers concurrent requests into micro-batches that run
+off the event loop, and swaps to a newly activated version by loading and warming it
+beside the old one, then replacing one reference. A batch pins the model it started
+with, so requests in flight finish on that model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from app.core.config import Settings
+from app.ml.modeling import Classifier, load_classifier
+from app.registry import version_dir
+from app.store import registry as versions
+from app.store.database import Store
+
+log = logging.getLogger(__name__)
+
+
+class NoActiveModel(RuntimeError):
+    """No model has been published yet (the first fine-tuning has not finished)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: int
+    classifier: Classifier
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One text's prediction, stamped with the version that made it."""
+
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    logits: list[float]
+    model_version: int
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[list[Scored]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+Loader = Callable[[int], Classifier]
+
+
+class ModelServer:
+    def __init__(self, settings: Settings, store: Store, loader: Loader | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.current: ServedModel | None = None
+        # version -> why it was refused; not retried until the store names it again anew.
+        self.refused: dict[int, str] = {}
+        self._loader = loader or self._load_from_registry
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # One inference thread: torch already spreads one forward pass over the cores.
+        self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._swap_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.torch_threads > 0:
+            torch.set_num_threads(self.settings.torch_threads)
+        await self.sync()
+        self._tasks = [
+            asyncio.create_task(self._batch_loop(), name="batcher"),
+            asyncio.create_task(self._watch_loop(), name="swap-watcher"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._infer.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        """Check the store for a new active model now (a swap notice arrived)."""
+        self._wake.set()
+
+    # -- swapping -----------------------------------------------------------------------
+
+    def _load_from_registry(self, version: int) -> Classifier:
+        with self.store.session() as session:
+            row = versions.get_version(session, version)
+            if row is None or row.state != "ready":
+                raise RuntimeError(f"v{version} is not a ready version in the registry")
+        folder = version_dir(self.settings, version)
+        classifier = load_classifier(folder, self.settings.max_length)
+        # Warm up so the first real request does not pay for lazy initialisation.
+        classifier.logits(["warm-up text"])
+        return classifier
+
+    async def sync(self) -> None:
+        """Load the store's active version if it is not the one served."""
+        async with self._swap_lock:
+            wanted = await asyncio.to_thread(self._read_active)
+            if wanted is None or (self.current and self.current.version == wanted):
+                return
+            if wanted in self.refused:
+                return
+            try:
+                classifier = await asyncio.get_running_loop().run_in_executor(
+                    None, self._loader, wanted
+                )
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self.refused[wanted] = reason
+                kept = f"v{self.current.version}" if self.current else "no model"
+                log.error("refused model v%s (%s); still serving %s", wanted, reason, kept)
+                await asyncio.to_thread(self._record_refusal, wanted, reason)
+                return
+            previous = self.current
+            self.current = ServedModel(wanted, classifier)
+            log.info(
+                "now serving v%s (was %s)", wanted, f"v{previous.version}" if previous else "none"
+            )
+
+    def _read_active(self) -> int | None:
+        with self.store.session() as session:
+            return versions.active_version(session)
+
+    def _record_refusal(self, version: int, reason: str) -> None:
+        try:
+            with self.store.session() as session:
+                row = versions.get_version(session, version)
+                if row is not None:
+                    row.error = f"refused by an API process: {reason}"
+        except Exception:
+            log.exception("could not record the refusal of v%s", version)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.swap_poll_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.sync()
+            except Exception as exc:  # a store outage must not kill the watcher
+                log.warning("model sync failed: %s", exc)
+
+    # -- inference ----------------------------------------------------------------------
+
+    async def predict(self, texts: list[str]) -> list[Scored]:
+        if self.current is None:
+            raise NoActiveModel("no model is active yet: the first model is still being trained")
+        future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(texts, future))
+        return await future
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_wait = self.settings.infer_max_wait_ms / 1000
+        limit = self.settings.infer_max_batch
+        while True:
+            pending = [await self._queue.get()]
+            count = len(pending[0].texts)
+            deadline = loop.time() + max_wait
+            while count < limit:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+                pending.append(item)
+                count += len(item.texts)
+            pending = [p for p in pending if not p.future.done()]  # callers that gave up
+            if not pending:
+                continue
+            served = self.current
+            assert served is not None
+            texts = [t for p in pending for t in p.texts]
+            try:
+                scored = await loop.run_in_executor(self._infer, self._score, served, texts)
+            except Exception as exc:
+                for p in pending:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            start = 0
+            for p in pending:
+                if not p.future.done():
+                    p.future.set_result(scored[start : start + len(p.texts)])
+                start += len(p.texts)
+
+    def _score(self, served: ServedModel, texts: list[str]) -> list[Scored]:
+        labels = served.classifier.labels
+        out: list[Scored] = []
+        step = self.settings.infer_max_batch
+        for start in range(0, len(texts), step):
+            logits = served.classifier.logits(texts[start : start + step])
+            probs = logits.softmax(-1)
+            for row_logits, row_probs in zip(logits.tolist(), probs.tolist(), strict=True):
+                best = max(range(len(labels)), key=row_probs.__getitem__)
+                out.append(
+                    Scored(
+                        label=labels[best],
+                        confidence=row_probs[best],
+                        scores=dict(zip(labels, row_probs, strict=True)),
+                        logits=row_logits,
+                        model_version=served.version,
+                    )
+                )
+        return out

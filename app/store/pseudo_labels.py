@@ -1,0 +1,88 @@
+"""Stored predictions: what /label answered, kept as pre-training data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.store.tables import PseudoLabel
+
+
+@dataclass(frozen=True)
+class Prediction:
+    text: str
+    label: str
+    confidence: float
+    logits: list[float]
+    model_version: int
+
+
+def add_predictions(session: Session, predictions: Sequence[Prediction]) -> list[PseudoLabel]:
+    """Insert predictions; the returned rows carry their new ids."""
+    rows = [
+        PseudoLabel(
+            text=p.text,
+            label=p.label,
+            confidence=p.confidence,
+            logits=p.logits,
+            model_version=p.model_version,
+        )
+        for p in predictions
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def list_pseudo_labels(
+    session: Session,
+    *,
+    after_id: int = 0,
+    limit: int = 100,
+    label: str | None = None,
+    model_version: int | None = None,
+    min_confidence: float | None = None,
+    max_confidence: float | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[PseudoLabel]:
+    """A page in id order; pass the last id seen as `after_id` for the next page."""
+    query = select(PseudoLabel).where(PseudoLabel.id > after_id)
+    if label is not None:
+        query = query.where(PseudoLabel.label == label)
+    if model_version is not None:
+        query = query.where(PseudoLabel.model_version == model_version)
+    if min_confidence is not None:
+        query = query.where(PseudoLabel.confidence >= min_confidence)
+    if max_confidence is not None:
+        query = query.where(PseudoLabel.confidence <= max_confidence)
+    if since is not None:
+        query = query.where(PseudoLabel.created_at >= since)
+    if until is not None:
+        query = query.where(PseudoLabel.created_at < until)
+    return list(session.scalars(query.order_by(PseudoLabel.id).limit(limit)))
+
+
+def max_id(session: Session) -> int:
+    return session.scalar(select(func.max(PseudoLabel.id))) or 0
+
+
+def count_after(session: Session, after_id: int) -> int:
+    query = select(func.count()).select_from(PseudoLabel).where(PseudoLabel.id > after_id)
+    return session.scalar(query) or 0
+
+
+def pool_rows(
+    session: Session, *, upto_id: int, versions: Sequence[int], min_confidence: float | None
+) -> list[PseudoLabel]:
+    """The pre-training pool: predictions up to `upto_id` made by models of `versions`."""
+    query = select(PseudoLabel).where(
+        PseudoLabel.id <= upto_id, PseudoLabel.model_version.in_(list(versions))
+    )
+    if min_confidence is not None:
+        query = query.where(PseudoLabel.confidence >= min_confidence)
+    return list(session.scalars(query.order_by(PseudoLabel.id)))

@@ -1,0 +1,108 @@
+"""Table definitions. Request and response models live in app/api/schemas.py, not here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class PseudoLabel(Base):
+    """A text a user sent to /label, with the prediction the serving model gave it."""
+
+    __tablename__ = "pseudo_labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    # Raw logits in the model's label order: soft-label pre-training distils from them.
+    logits: Mapped[list[Any]] = mapped_column(JSON)
+    model_version: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class GoldExample(Base):
+    """A human-labeled example; `split` is train, dev or test."""
+
+    __tablename__ = "gold_examples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # A digest, not the text, carries the uniqueness: PostgreSQL cannot index long texts.
+    text_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(200))
+    split: Mapped[str] = mapped_column(String(8), index=True)
+    source: Mapped[str] = mapped_column(String(200), default="api")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    """A model folder under MODEL_DIR/v{version} and what is known about it.
+
+    `state` follows the folder: `writing` until the folder is renamed into place, then `ready`;
+    `broken` once an API process failed to load it. `decision` is what the job decided.
+    """
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(16), default="writing")
+    decision: Mapped[str] = mapped_column(String(16), default="published")
+    parent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    labels: Mapped[list[Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # How the model was made: base encoder, pre-training and fine-tuning parameters.
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Activation(Base):
+    """Append-only log of which version serves; the newest row is the active model."""
+
+    __tablename__ = "activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    reason: Mapped[str] = mapped_column(String(200))
+    activated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A retraining job. Its state lives here, not in Celery, so any process can read it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    stage: Mapped[str] = mapped_column(String(32), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Loss per logged step of each stage, for the curves an operator wants to look at.
+    history: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    promoted: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    champion_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    candidate_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Highest pseudo-label id the job may use: beat counts what arrived after it.
+    pool_upto_id: Mapped[int] = mapped_column(Integer, default=0)
+    trigger: Mapped[str] = mapped_column(String(16), default="api")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

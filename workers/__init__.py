@@ -1,0 +1,1 @@
+"""Celery workers: the retraining job, the first-model bootstrap and beat's schedule."""

@@ -1,0 +1,255 @@
+"""The retraining job, as a plain function (Celery only calls it).
+
+1. gather the pool: stored pseudo-labels of models with the serving label set, one per
+   text (the newest), never a text of the gold dev or test split;
+2. joint pre-training (MLM + task loss on the pseudo-labels) from the base encoder or
+   the active model -> model C;
+3. fine-tuning of C on the gold train split -> the candidate (model D);
+4. evaluation of candidate and champion on gold dev and test;
+5. publish the candidate if it beats the champion on dev macro-F1 by the margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+from app.core.config import Settings
+from app.ml.job_params import JobParams
+from app.ml.joint import JointModel
+from app.ml.modeling import Classifier, init_classifier, load_classifier, save_classifier
+from app.ml.training import LoopConfig, PretrainConfig, evaluate, fine_tune, pretrain_joint
+from app.registry import (
+    PublishConflict,
+    activate_if_champion,
+    notify_swap,
+    version_dir,
+    write_version,
+)
+from app.store import gold, jobs, pseudo_labels
+from app.store import registry as versions
+from app.store.database import Store
+from app.store.tables import utcnow
+from workers.progress import JobCancelled, JobReporter
+
+log = logging.getLogger(__name__)
+
+STAGES = [("preparing", 0.02), ("pretraining", 0.45), ("finetuning", 0.35), ("evaluating", 0.15),
+          ("publishing", 0.03)]
+
+
+class JobError(Exception):
+    """A job that cannot run as asked; the message is shown to the user as is."""
+
+
+def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
+    """Run the job `job_id` to an end state. Safe to call again for the same id: a finished
+    job is left alone and a job found `running` (its worker died) starts over."""
+    with store.session() as session:
+        job = jobs.get_job(session, job_id)
+        if job is None:
+            log.warning("job %s not found; nothing to do", job_id)
+            return
+        if job.status in jobs.FINISHED:
+            log.info("job %s already %s", job_id, job.status)
+            return
+        if job.cancel_requested:
+            jobs.finish(job, "cancelled", None)
+            return
+        job.status = "running"
+        job.stage = "preparing"
+        job.started_at = job.heartbeat_at = utcnow()
+        params = JobParams.model_validate(job.params)
+        pool_upto = job.pool_upto_id
+
+    reporter = JobReporter(store, job_id, STAGES)
+    try:
+        outcome = _retrain(job_id, params, pool_upto, settings, store, reporter)
+    except JobCancelled as exc:
+        _end(store, job_id, "cancelled", str(exc))
+        return
+    except JobError as exc:
+        _end(store, job_id, "failed", str(exc))
+        return
+    except Exception as exc:
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        _end(store, job_id, "failed", f"{type(exc).__name__}: {exc}")
+        return
+    with store.session() as session:
+        job = jobs.get_job(session, job_id)
+        assert job is not None
+        for key, value in outcome.items():
+            setattr(job, key, value)
+        jobs.finish(job, "succeeded")
+
+
+def _end(store: Store, job_id: str, status: str, error: str | None) -> None:
+    with store.session() as session:
+        job = jobs.get_job(session, job_id)
+        if job is not None:
+            jobs.finish(job, status, error)
+
+
+def _save_history(store: Store, job_id: str, stage: str, history: dict[str, Any]) -> None:
+    with store.session() as session:
+        job = jobs.get_job(session, job_id)
+        if job is not None:
+            job.history = {**(job.history or {}), stage: history}
+
+
+def _retrain(
+    job_id: str,
+    params: JobParams,
+    pool_upto: int,
+    settings: Settings,
+    store: Store,
+    report: JobReporter,
+) -> dict[str, Any]:
+    report.enter("preparing")
+    with store.session() as session:
+        champion = versions.active_version(session)
+        if champion is None:
+            raise JobError("no active model yet: the first model must be published first")
+        champion_row = versions.get_version(session, champion)
+        assert champion_row is not None
+        labels = list(champion_row.labels)
+        same_labels = [v for v, ls in versions.label_sets(session).items() if ls == labels]
+        rows = pseudo_labels.pool_rows(
+            session, upto_id=pool_upto, versions=same_labels, min_confidence=params.min_confidence
+        )
+        held_out = gold.all_texts(session, ("dev", "test"))
+        train_texts, train_labels = gold.load_split(session, "train")
+        dev = gold.load_split(session, "dev")
+        test = gold.load_split(session, "test")
+
+    # Newest prediction per text; evaluation texts never enter pre-training.
+    newest: dict[str, list[float]] = {}
+    for row in rows:
+        if row.text not in held_out:
+            newest[row.text] = list(row.logits)
+    pool = list(newest.items())
+    if params.max_pool_texts:
+        pool = pool[-params.max_pool_texts :]
+    if not pool:
+        raise JobError(
+            "no pseudo-labeled texts to pre-train on (label some texts with /label first; "
+            "texts of the gold dev/test splits are excluded)"
+        )
+    if not train_texts:
+        raise JobError("no gold train examples to fine-tune on (import them with POST /gold)")
+    if not dev[0]:
+        raise JobError("no gold dev examples to compare candidate and champion on")
+    unknown = sorted(set(train_labels) - set(labels))
+    if unknown:
+        raise JobError(f"gold labels {unknown} are not in the serving model's labels {labels}")
+
+    start: Path = (
+        settings.base_model_path if params.start_from == "base" else version_dir(settings, champion)
+    )
+    model, tokenizer = init_classifier(start, labels)
+    joint = JointModel.from_classifier(model, start)
+
+    report.enter("pretraining")
+    pretrain_config = PretrainConfig(
+        epochs=params.pretrain_epochs,
+        max_steps=params.pretrain_max_steps,
+        batch_size=params.batch_size,
+        learning_rate=params.pretrain_learning_rate,
+        max_length=params.max_length,
+        seed=params.seed,
+        mlm_weight=params.mlm_weight,
+        mlm_probability=params.mlm_probability,
+        soft_labels=params.label_mode == "soft",
+        temperature=params.temperature,
+        task_on_clean_input=params.task_input == "clean",
+    )
+    history = pretrain_joint(
+        joint, tokenizer, [t for t, _ in pool], [lg for _, lg in pool], pretrain_config, report
+    )
+    _save_history(store, job_id, "pretraining", history.as_dict())
+    del joint  # the MLM head is not part of the served model
+
+    report.enter("finetuning")
+    finetune_config = LoopConfig(
+        epochs=params.finetune_epochs,
+        max_steps=params.finetune_max_steps,
+        batch_size=params.batch_size,
+        learning_rate=params.finetune_learning_rate,
+        max_length=params.max_length,
+        seed=params.seed,
+    )
+    history = fine_tune(model, tokenizer, train_texts, train_labels, finetune_config, report)
+    _save_history(store, job_id, "finetuning", history.as_dict())
+
+    report.enter("evaluating")
+    # Both are scored as they are (or would be) served: with the serving max_length.
+    candidate = Classifier(model, tokenizer, labels, settings.max_length)
+    champion_model = load_classifier(version_dir(settings, champion), settings.max_length)
+    metrics = {
+        "candidate": _evaluate_both(candidate, dev, test),
+        "champion": _evaluate_both(champion_model, dev, test),
+    }
+    del champion_model
+
+    report.enter("publishing")
+    margin = settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
+    gain = metrics["candidate"]["dev"]["macro_f1"] - metrics["champion"]["dev"]["macro_f1"]
+    wins = gain >= margin
+    reason = (
+        f"dev macro-F1 {metrics['candidate']['dev']['macro_f1']:.4f} vs champion "
+        f"v{champion} {metrics['champion']['dev']['macro_f1']:.4f} (gain {gain:+.4f}, "
+        f"margin {margin:+.4f})"
+    )
+    lineage = {
+        "kind": "retrain",
+        "job_id": job_id,
+        "start_from": params.start_from,
+        "start_path": str(start),
+        "champion_version": champion,
+        "pool_texts": len(pool),
+        "gold_train": len(train_texts),
+        "params": params.model_dump(),
+    }
+    version = write_version(
+        settings,
+        store,
+        lambda folder: save_classifier(model, tokenizer, folder),
+        labels=labels,
+        parent_version=champion,
+        job_id=job_id,
+        metrics=metrics["candidate"],
+        lineage=lineage,
+        decision="published" if wins else "rejected",
+    )
+    promoted = False
+    if wins:
+        try:
+            activate_if_champion(store, version, champion, f"published by job {job_id}")
+            promoted = True
+            notify_swap(settings, version)
+        except PublishConflict as exc:
+            reason = f"{reason}; not published: {exc}"
+            with store.session() as session:
+                row = versions.get_version(session, version)
+                if row is not None:
+                    row.decision = "rejected"
+    log.info("job %s: candidate v%s %s: %s", job_id, version,
+             "published" if promoted else "rejected", reason)
+    return {
+        "metrics": metrics,
+        "promoted": promoted,
+        "decision_reason": reason,
+        "champion_version": champion,
+        "candidate_version": version,
+    }
+
+
+def _evaluate_both(
+    classifier: Classifier, dev: tuple[list[str], list[str]], test: tuple[list[str], list[str]]
+) -> dict[str, dict[str, float]]:
+    out = {"dev": evaluate(classifier, *dev)}
+    if test[0]:
+        out["test"] = evaluate(classifier, *test)
+    return out

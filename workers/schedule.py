@@ -1,0 +1,46 @@
+"""What beat does: start a job when enough new pseudo-labels arrived; fail dead jobs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from app.core.config import Settings
+from app.ml.job_params import JobParams
+from app.store import jobs, pseudo_labels
+from app.store import registry as versions
+from app.store.database import Store
+from app.store.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+
+def submit_if_due(settings: Settings, store: Store) -> str | None:
+    """Create a job (and return its id) if one is due; the caller enqueues it."""
+    with store.session() as session:
+        if versions.active_version(session) is None or jobs.has_unfinished(session):
+            return None
+        mark = jobs.latest_pool_mark(session)
+        new = pseudo_labels.count_after(session, mark)
+        if new < settings.retrain_min_new_labels:
+            log.info("retrain not due: %d new pseudo-labels of %d", new, settings.retrain_min_new_labels)
+            return None
+        job = jobs.create_job(
+            session, JobParams().model_dump(), pseudo_labels.max_id(session), trigger="beat"
+        )
+        log.info("retrain due: %d new pseudo-labels; job %s", new, job.id)
+        return job.id
+
+
+def fail_stale_jobs(settings: Settings, store: Store) -> int:
+    """Mark running jobs whose worker stopped sending heartbeats as failed."""
+    cutoff = utcnow() - timedelta(seconds=settings.job_stale_seconds)
+    with store.session() as session:
+        stale = jobs.stale_running(session, cutoff)
+        for job in stale:
+            jobs.finish(
+                job,
+                "failed",
+                f"worker lost: no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+            )
+        return len(stale)

@@ -1,0 +1,47 @@
+"""Celery tasks: thin shells that take an id and call the plain functions in this package.
+
+Heavy imports (torch, transformers) happen inside the tasks, so the prefork parent stays
+small and forks before any OpenMP thread pool exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from workers.celery_app import celery_app
+
+from app.core.config import get_settings
+from app.store.database import Store
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache
+def worker_store() -> Store:
+    return Store(get_settings().store_url)
+
+
+@celery_app.task(name="pfp.retrain")
+def retrain(job_id: str) -> None:
+    from workers.retrain import run_retrain_job
+
+    run_retrain_job(job_id, get_settings(), worker_store())
+
+
+@celery_app.task(name="pfp.maybe_retrain")
+def maybe_retrain() -> str | None:
+    """Beat: start a job when enough new pseudo-labels have arrived since the last one."""
+    from workers.schedule import submit_if_due
+
+    job_id = submit_if_due(get_settings(), worker_store())
+    if job_id:
+        retrain.delay(job_id)
+    return job_id
+
+
+@celery_app.task(name="pfp.sweep_stale_jobs")
+def sweep_stale_jobs() -> int:
+    from workers.schedule import fail_stale_jobs
+
+    return fail_stale_jobs(get_settings(), worker_store())
