@@ -33,7 +33,9 @@ def _bootstrap(settings: Settings) -> None:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = tqdm(total=1000, desc=stage, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+            bars[stage] = tqdm(
+                total=1000, desc=stage, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}"
+            )
         bar = bars[stage]
         bar.update(int(fraction * 1000) - bar.n)
 
@@ -56,11 +58,19 @@ def _bootstrap(settings: Settings) -> None:
 
 def _celery_worker_args(settings: Settings, beat: bool) -> list[str]:
     args = [
-        sys.executable, "-m", "celery", "-A", "workers.tasks", "worker",
-        "--loglevel", settings.log_level.upper(),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.tasks",
+        "worker",
+        "--loglevel",
+        settings.log_level.upper(),
         # One job at a time: training already uses every core.
-        "--concurrency", "1",
-        "--without-mingle", "--without-gossip",
+        "--concurrency",
+        "1",
+        "--without-mingle",
+        "--without-gossip",
     ]
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,15 +92,29 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
     )
 
 
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM when `serve` dies, however it dies (uvicorn
+    re-raises the signal that stopped it, so `serve` cannot always clean up itself)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     settings = get_settings()
     _bootstrap(settings)
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen(_celery_worker_args(settings, beat=True))
+        worker = subprocess.Popen(
+            _celery_worker_args(settings, beat=True),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         mode = "embedded broker" if settings.embedded else "Redis"
         print(f"Started a Celery worker with beat ({mode}), pid {worker.pid}.", flush=True)
-    print(f"Serving on http://{args.host or settings.host}:{args.port or settings.port}", flush=True)
+    print(
+        f"Serving on http://{args.host or settings.host}:{args.port or settings.port}", flush=True
+    )
     try:
         _run_api(settings, args.host or settings.host, args.port or settings.port)
     finally:
@@ -117,9 +141,16 @@ def cmd_beat(_args: argparse.Namespace) -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.tasks", "beat",
-        "--loglevel", settings.log_level.upper(),
-        "--schedule", str(settings.data_dir / "celerybeat-schedule"),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.tasks",
+        "beat",
+        "--loglevel",
+        settings.log_level.upper(),
+        "--schedule",
+        str(settings.data_dir / "celerybeat-schedule"),
     ]
     os.execv(argv[0], argv)
 
@@ -145,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None)
     api.set_defaults(func=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--beat", action="store_true", help="also run the schedule (one worker only)")
+    worker.add_argument(
+        "--beat", action="store_true", help="also run the schedule (one worker only)"
+    )
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("beat", help="run Celery beat").set_defaults(func=cmd_beat)
     sub.add_parser("bootstrap", help="publish the first model if none is active").set_defaults(
@@ -155,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     args.func(args)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from app.core.config import Settings
 from app.ml.data import demo_gold, read_gold_file
 from app.ml.modeling import Classifier, init_classifier, save_classifier
-from app.ml.training import LoopConfig, evaluate, fine_tune
+from app.ml.training import LoopConfig, ProgressFn, evaluate, fine_tune
 from app.registry import PublishConflict, activate_if_champion, notify_swap, write_version
 from app.store import gold
 from app.store import registry as versions
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 # Called with (stage, fraction of the stage done).
 StageProgress = Callable[[str, float], None]
+
+
+def _for_stage(report: StageProgress, stage: str) -> ProgressFn:
+    return lambda fraction, _loss: report(stage, fraction)
 
 
 def import_bootstrap_gold(settings: Settings, store: Store) -> int:
@@ -71,15 +75,14 @@ def bootstrap_first_model(
             max_length=settings.max_length,
             seed=settings.seed,
         )
-        history = fine_tune(
-            model, tokenizer, *train, config, lambda f, _loss: report("fine-tuning", f)
-        )
+        history = fine_tune(model, tokenizer, *train, config, _for_stage(report, "fine-tuning"))
         classifier = Classifier(model, tokenizer, labels, settings.max_length)
-        metrics = {
-            split: evaluate(classifier, *data, lambda f, _l, s=split: report(f"evaluating {s}", f))
-            for split, data in (("dev", dev), ("test", test))
-            if data[0]
-        }
+        metrics = {}
+        for split, (texts, gold_labels) in (("dev", dev), ("test", test)):
+            if texts:
+                metrics[split] = evaluate(
+                    classifier, texts, gold_labels, _for_stage(report, f"evaluating {split}")
+                )
         version = write_version(
             settings,
             store,

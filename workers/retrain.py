@@ -36,8 +36,13 @@ from workers.progress import JobCancelled, JobReporter
 
 log = logging.getLogger(__name__)
 
-STAGES = [("preparing", 0.02), ("pretraining", 0.45), ("finetuning", 0.35), ("evaluating", 0.15),
-          ("publishing", 0.03)]
+STAGES = [
+    ("preparing", 0.02),
+    ("pretraining", 0.45),
+    ("finetuning", 0.35),
+    ("evaluating", 0.15),
+    ("publishing", 0.03),
+]
 
 
 class JobError(Exception):
@@ -194,7 +199,9 @@ def _retrain(
     del champion_model
 
     report.enter("publishing")
-    margin = settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
+    margin = (
+        settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
+    )
     gain = metrics["candidate"]["dev"]["macro_f1"] - metrics["champion"]["dev"]["macro_f1"]
     wins = gain >= margin
     reason = (
@@ -232,11 +239,16 @@ def _retrain(
         except PublishConflict as exc:
             reason = f"{reason}; not published: {exc}"
             with store.session() as session:
-                row = versions.get_version(session, version)
-                if row is not None:
-                    row.decision = "rejected"
-    log.info("job %s: candidate v%s %s: %s", job_id, version,
-             "published" if promoted else "rejected", reason)
+                candidate_row = versions.get_version(session, version)
+                if candidate_row is not None:
+                    candidate_row.decision = "rejected"
+    log.info(
+        "job %s: candidate v%s %s: %s",
+        job_id,
+        version,
+        "published" if promoted else "rejected",
+        reason,
+    )
     return {
         "metrics": metrics,
         "promoted": promoted,

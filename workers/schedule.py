@@ -23,7 +23,9 @@ def submit_if_due(settings: Settings, store: Store) -> str | None:
         mark = jobs.latest_pool_mark(session)
         new = pseudo_labels.count_after(session, mark)
         if new < settings.retrain_min_new_labels:
-            log.info("retrain not due: %d new pseudo-labels of %d", new, settings.retrain_min_new_labels)
+            log.info(
+                "retrain not due: %d new pseudo-labels of %d", new, settings.retrain_min_new_labels
+            )
             return None
         job = jobs.create_job(
             session, JobParams().model_dump(), pseudo_labels.max_id(session), trigger="beat"

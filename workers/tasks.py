@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from workers.celery_app import celery_app
-
 from app.core.config import get_settings
 from app.store.database import Store
+from workers.celery_app import celery_app
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("text must contain at least one non-whitespace character")
+    # PostgreSQL text cannot hold NUL; refusing it everywhere keeps both stores alike.
+    if "\x00" in value:
+        raise ValueError("text must not contain the NUL character (U+0000)")
     return value
 
 
@@ -29,8 +32,10 @@ class BatchLabelRequest(BaseModel):
     @classmethod
     def _each_not_blank(cls, texts: list[str]) -> list[str]:
         for i, text in enumerate(texts):
-            if not text.strip():
-                raise ValueError(f"texts[{i}] must contain at least one non-whitespace character")
+            try:
+                _not_blank(text)
+            except ValueError as exc:
+                raise ValueError(f"texts[{i}]: {exc}") from None
         return texts
 
 
@@ -59,7 +64,9 @@ class StoredPseudoLabel(BaseModel):
 
 class PseudoLabelPage(BaseModel):
     items: list[StoredPseudoLabel]
-    next_after_id: int | None = Field(description="Pass as after_id for the next page; null at the end.")
+    next_after_id: int | None = Field(
+        description="Pass as after_id for the next page; null at the end."
+    )
 
 
 class GoldExampleIn(BaseModel):

@@ -37,11 +37,14 @@ class Settings(BaseSettings):
     )
     bootstrap_gold: str = Field(
         "demo",
-        description="Gold data imported on first start: 'demo' (airline tweets) or a CSV/JSONL path.",
+        description="Gold data imported on first start: 'demo' (airline tweets) or a CSV/JSONL "
+        "path.",
     )
     bootstrap_epochs: float = Field(1.0, description="Fine-tuning epochs for the first model.")
     bootstrap_max_steps: int = Field(
-        0, description="Cap on fine-tuning steps for the first model (0: no cap)."
+        0,
+        description="Exact fine-tuning steps for the first model; overrides epochs "
+        "(0: use epochs).",
     )
     seed: int = Field(13, description="Seed of the demo split and of the first fine-tuning.")
     max_length: int = Field(128, description="Tokens per text at inference and training.")

@@ -98,7 +98,9 @@ def read_gold_file(path: Path, seed: int) -> list[GoldItem]:
         split = rec.get("split")
         if split:
             if split not in SPLITS:
-                raise GoldFileError(f"{path}: row {n}: split must be one of {SPLITS}, not {split!r}")
+                raise GoldFileError(
+                    f"{path}: row {n}: split must be one of {SPLITS}, not {split!r}"
+                )
             with_split.append(GoldItem(text=text.strip(), label=label.strip(), split=split))
         else:
             without_split.append((text, label.strip()))

@@ -37,10 +37,14 @@ class JobParams(BaseModel):
         0, ge=0, description="Use at most this many of the newest pseudo-labeled texts (0: all)."
     )
     pretrain_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over the pool.")
-    pretrain_max_steps: int = Field(0, ge=0, description="Cap on pre-training steps (0: none).")
+    pretrain_max_steps: int = Field(
+        0, ge=0, description="Exact pre-training steps; overrides epochs (0: use epochs)."
+    )
     pretrain_learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
     finetune_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over gold train.")
-    finetune_max_steps: int = Field(0, ge=0, description="Cap on fine-tuning steps (0: none).")
+    finetune_max_steps: int = Field(
+        0, ge=0, description="Exact fine-tuning steps; overrides epochs (0: use epochs)."
+    )
     finetune_learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
     batch_size: int = Field(32, ge=1, le=1024)
     max_length: int = Field(128, ge=8, le=512, description="Tokens per text.")

@@ -54,8 +54,8 @@ class Classifier:
 
 
 def labels_of(model: PreTrainedModel) -> list[str]:
-    id2label = model.config.id2label
-    return [id2label[i] for i in range(len(id2label))]
+    id2label: dict[Any, str] = dict(model.config.id2label or {})
+    return [str(id2label[i]) for i in range(len(id2label))]
 
 
 def load_classifier(folder: Path, max_length: int = 128) -> Classifier:
@@ -63,7 +63,9 @@ def load_classifier(folder: Path, max_length: int = 128) -> Classifier:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
     model.eval()
-    return Classifier(model=model, tokenizer=tokenizer, labels=labels_of(model), max_length=max_length)
+    return Classifier(
+        model=model, tokenizer=tokenizer, labels=labels_of(model), max_length=max_length
+    )
 
 
 def init_classifier(

@@ -31,7 +31,7 @@ class LoopConfig:
     """What every training loop here shares."""
 
     epochs: float = 1.0
-    max_steps: int = 0  # > 0 caps the steps whatever `epochs` says
+    max_steps: int = 0  # > 0: exactly this many steps, whatever `epochs` says (as HF Trainer)
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_fraction: float = 0.06
@@ -41,9 +41,10 @@ class LoopConfig:
     log_every: int = 10
 
     def total_steps(self, n_examples: int) -> int:
+        if self.max_steps > 0:
+            return self.max_steps
         per_epoch = math.ceil(n_examples / self.batch_size)
-        steps = max(1, math.ceil(self.epochs * per_epoch))
-        return min(steps, self.max_steps) if self.max_steps > 0 else steps
+        return max(1, math.ceil(self.epochs * per_epoch))
 
 
 @dataclass
@@ -85,18 +86,15 @@ def _encode(
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
-def _pad(
-    tokenizer: PreTrainedTokenizerBase, ids: list[list[int]]
-) -> dict[str, torch.Tensor]:
-    return tokenizer.pad(
-        {"input_ids": ids}, padding=True, return_tensors="pt"
-    )
+def _pad(tokenizer: PreTrainedTokenizerBase, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    return dict(tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"))
 
 
 def _optimizer(
     model: torch.nn.Module, config: LoopConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -131,7 +129,7 @@ def fine_tune(
     model's `config.label2id`."""
     if not texts:
         raise ValueError("no gold training examples to fine-tune on")
-    label2id = model.config.label2id
+    label2id: dict[str, int] = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
     unknown = sorted({label for label in labels if label not in label2id})
     if unknown:
         raise ValueError(f"gold labels not in the model's label set: {unknown}")
@@ -140,7 +138,9 @@ def fine_tune(
     targets = torch.tensor([label2id[label] for label in labels])
     total = config.total_steps(len(ids))
     optimizer, scheduler = _optimizer(model, config, total)
-    batches = length_grouped_batches([len(x) for x in ids], config.batch_size, random.Random(config.seed))
+    batches = length_grouped_batches(
+        [len(x) for x in ids], config.batch_size, random.Random(config.seed)
+    )
     history = LossHistory()
     model.train()
     for step in range(total):
@@ -196,7 +196,9 @@ def pretrain_joint(
     hard = logits.argmax(-1)
     total = config.total_steps(len(ids))
     optimizer, scheduler = _optimizer(joint, config, total)
-    batches = length_grouped_batches([len(x) for x in ids], config.batch_size, random.Random(config.seed))
+    batches = length_grouped_batches(
+        [len(x) for x in ids], config.batch_size, random.Random(config.seed)
+    )
     history = LossHistory()
     joint.train()
     for step in range(total):
@@ -229,9 +231,7 @@ def pretrain_joint(
         optimizer.zero_grad(set_to_none=True)
         loss = out.loss.detach().item()
         if step % config.log_every == 0 or step == total - 1:
-            history.add(
-                step, loss, task_loss=out.task_loss.item(), mlm_loss=out.mlm_loss.item()
-            )
+            history.add(step, loss, task_loss=out.task_loss.item(), mlm_loss=out.mlm_loss.item())
         progress((step + 1) / total, loss)
     joint.eval()
     return history

@@ -9,6 +9,7 @@ with, so requests in flight finish on that model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -146,10 +147,8 @@ class ModelServer:
 
     async def _watch_loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.swap_poll_seconds)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.sync()

@@ -44,7 +44,9 @@ def import_gold(session: Session, items: Iterable[GoldItem], source: str) -> tup
     for start in range(0, len(digest_list), 500):
         chunk = digest_list[start : start + 500]
         existing.update(
-            session.scalars(select(GoldExample.text_sha256).where(GoldExample.text_sha256.in_(chunk)))
+            session.scalars(
+                select(GoldExample.text_sha256).where(GoldExample.text_sha256.in_(chunk))
+            )
         )
     inserted = 0
     for item in items:
@@ -54,7 +56,11 @@ def import_gold(session: Session, items: Iterable[GoldItem], source: str) -> tup
         existing.add(digest)
         session.add(
             GoldExample(
-                text_sha256=digest, text=item.text, label=item.label, split=item.split, source=source
+                text_sha256=digest,
+                text=item.text,
+                label=item.label,
+                split=item.split,
+                source=source,
             )
         )
         inserted += 1

@@ -15,9 +15,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def create_job(session: Session, params: dict[str, Any], pool_upto_id: int, trigger: str) -> Job:
-    job = Job(
-        id=uuid.uuid4().hex, params=params, pool_upto_id=pool_upto_id, trigger=trigger
-    )
+    job = Job(id=uuid.uuid4().hex, params=params, pool_upto_id=pool_upto_id, trigger=trigger)
     session.add(job)
     session.flush()
     return job
@@ -49,9 +47,7 @@ def has_unfinished(session: Session) -> bool:
 
 def stale_running(session: Session, older_than: datetime) -> list[Job]:
     return list(
-        session.scalars(
-            select(Job).where(Job.status == "running", Job.heartbeat_at < older_than)
-        )
+        session.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < older_than))
     )
 
 

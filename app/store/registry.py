@@ -56,9 +56,7 @@ def activate(session: Session, version: int, reason: str) -> Activation:
 
 
 def activations(session: Session, limit: int = 50) -> list[Activation]:
-    return list(
-        session.scalars(select(Activation).order_by(Activation.id.desc()).limit(limit))
-    )
+    return list(session.scalars(select(Activation).order_by(Activation.id.desc()).limit(limit)))
 
 
 def label_sets(session: Session) -> dict[int, list[str]]:

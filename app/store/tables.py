@@ -29,7 +29,9 @@ class PseudoLabel(Base):
     # Raw logits in the model's label order: soft-label pre-training distils from them.
     logits: Mapped[list[Any]] = mapped_column(JSON)
     model_version: Mapped[int] = mapped_column(Integer, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
 
 
 class GoldExample(Base):

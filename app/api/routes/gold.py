@@ -35,12 +35,9 @@ def import_gold(body: GoldImport, store: StoreDep, settings: SettingsDep):
             known = list(row.labels) if row else []
             unknown = sorted({e.label for e in body.examples} - set(known))
             if unknown:
-                raise Invalid(
-                    f"unknown labels {unknown}: the serving model's labels are {known}"
-                )
+                raise Invalid(f"unknown labels {unknown}: the serving model's labels are {known}")
         items = [
-            gold.GoldItem(e.text, e.label, e.split or gold.split_for(e.text))
-            for e in body.examples
+            gold.GoldItem(e.text, e.label, e.split or gold.split_for(e.text)) for e in body.examples
         ]
         inserted, skipped = gold.import_gold(session, items, source="api")
         counts = gold.split_counts(session)

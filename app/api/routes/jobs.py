@@ -37,11 +37,13 @@ def submit_job(
     except Exception as exc:
         # Never leave a queued job that no worker will ever see.
         with store.session() as session:
-            job = jobs.get_job(session, job_id)
-            if job is not None:
-                session.delete(job)
+            orphan = jobs.get_job(session, job_id)
+            if orphan is not None:
+                session.delete(orphan)
         log.error("could not enqueue job %s: %s", job_id, exc)
-        raise Unavailable(f"the job queue is unavailable ({type(exc).__name__}); try again") from exc
+        raise Unavailable(
+            f"the job queue is unavailable ({type(exc).__name__}); try again"
+        ) from exc
     return JobAccepted(id=job_id, status="queued")
 
 

@@ -10,6 +10,7 @@ from app.api.errors import TooLarge
 from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, LabelResult
 from app.core.config import Settings
 from app.serving.model_server import Scored
+from app.serving.telemetry import TEXTS_LABELED
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, add_predictions
 
@@ -36,6 +37,8 @@ def _store(store: Store, texts: list[str], scored: list[Scored]) -> list[LabelRe
             ],
         )
         ids = [row.id for row in rows]
+    for s in scored:
+        TEXTS_LABELED.labels(str(s.model_version)).inc()
     return [
         LabelResult(
             id=row_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -28,7 +28,7 @@ class _Filters:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> None:
-        self.values = {
+        self.values: dict[str, Any] = {
             "label": label,
             "model_version": model_version,
             "min_confidence": min_confidence,
@@ -65,7 +65,7 @@ def labels_export(store: StoreDep, filters: FiltersDep):
     )
 
 
-def _export_lines(store: Store, filters: dict) -> Iterator[str]:
+def _export_lines(store: Store, filters: dict[str, Any]) -> Iterator[str]:
     after_id = 0
     while True:
         with store.session() as session:

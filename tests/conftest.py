@@ -1,0 +1,180 @@
+"""Shared fixtures: a tiny randomly initialised BERT, small gold data, stores on SQLite
+and PostgreSQL, and a published first model."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from app.core.config import Settings, packaged_base_model  # noqa: E402
+from app.store.database import Store  # noqa: E402
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+LABELS = ["negative", "neutral", "positive"]
+_WORDS = {
+    "negative": ["delayed", "lost", "rude", "cancelled", "worst", "broken", "late", "awful"],
+    "neutral": ["schedule", "question", "gate", "tomorrow", "booking", "seat", "number", "info"],
+    "positive": ["thanks", "great", "love", "awesome", "friendly", "best", "smooth", "amazing"],
+}
+_AIRLINES = ["@united", "@jetblue", "@southwestair", "@americanair", "@usairways"]
+
+
+def synthetic_texts(n: int, seed: int) -> list[tuple[str, str]]:
+    """Tweets whose label follows from their words: learnable by a tiny model in seconds."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        words = rng.sample(_WORDS[label], 3)
+        rows.append((f"{rng.choice(_AIRLINES)} {' '.join(words)} #{seed}x{i}", label))
+    return rows
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with the real WordPiece tokenizer, randomly initialised."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_base_model()))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def write_gold_file(path: Path, n: int = 300, seed: int = 1) -> Path:
+    with path.open("w") as handle:
+        for text, label in synthetic_texts(n, seed):
+            handle.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gold_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_gold_file(tmp_path_factory.mktemp("gold") / "gold.jsonl")
+
+
+def make_settings(
+    data_dir: Path, tiny_base: Path, gold_file: Path, **overrides: object
+) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "base_model": str(tiny_base),
+        "bootstrap_gold": str(gold_file),
+        "bootstrap_epochs": 3.0,
+        "max_length": 32,
+        "swap_poll_seconds": 0.2,
+        "infer_max_wait_ms": 1.0,
+        "database_url": "",
+        "redis_url": "",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_base: Path, gold_file: Path) -> Settings:
+    return make_settings(tmp_path / "data", tiny_base, gold_file)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store(settings.store_url)
+    yield s
+    s.dispose()
+
+
+def _postgres_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"pfp_test_{uuid.uuid4().hex[:10]}"
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The same tests on both stores the service supports."""
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+        yield s
+        s.dispose()
+    else:
+        for url in _postgres_database():
+            s = Store(url)
+            yield s
+            s.dispose()
+
+
+@pytest.fixture
+def published(settings: Settings, store: Store) -> int:
+    """Gold data imported and a first model (fine-tuned tiny BERT) active as v1."""
+    from workers.bootstrap import bootstrap_first_model
+
+    version = bootstrap_first_model(settings, store)
+    assert version == 1
+    return version
+
+
+@pytest.fixture(scope="session")
+def published_template(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, gold_file: Path
+) -> Path:
+    """A data folder with v1 published, made once and copied by `published_copy`."""
+    from workers.bootstrap import bootstrap_first_model
+
+    data = tmp_path_factory.mktemp("template") / "data"
+    s = make_settings(data, tiny_base, gold_file)
+    st = Store(s.store_url)
+    bootstrap_first_model(s, st)
+    st.dispose()
+    return data
+
+
+@pytest.fixture
+def published_copy(
+    published_template: Path, tmp_path: Path, tiny_base: Path, gold_file: Path
+) -> Settings:
+    """Settings over a fresh copy of the template data folder (SQLite, v1 active)."""
+    data = tmp_path / "data"
+    shutil.copytree(published_template, data)
+    return make_settings(data, tiny_base, gold_file)

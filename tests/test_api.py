@@ -1,0 +1,265 @@
+"""The HTTP API on a tiny published model, with a recording job queue instead of Celery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import create_app
+from app.store import jobs, pseudo_labels
+from app.store import registry as versions
+from app.store.database import Store
+from workers.retrain import run_retrain_job
+
+
+class RecordingQueue:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, list]] = []
+        self.fail = fail
+
+    def send_task(self, name, args, **_kw):
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append((name, args))
+
+
+@pytest.fixture
+def api(published_copy: Settings):
+    queue = RecordingQueue()
+    app = create_app(published_copy, job_queue=queue)
+    with TestClient(app) as client:
+        client.queue = queue  # type: ignore[attr-defined]
+        client.settings = published_copy  # type: ignore[attr-defined]
+        client.store = app.state.store  # type: ignore[attr-defined]
+        yield client
+
+
+def _stored(store: Store) -> list:
+    with store.session() as s:
+        return pseudo_labels.list_pseudo_labels(s, limit=10_000)
+
+
+def test_label_answers_and_stores(api):
+    r = api.post("/label", json={"text": "@united lost my bag again"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == 1
+    assert set(body["scores"]) == {"negative", "neutral", "positive"}
+    assert body["label"] == max(body["scores"], key=body["scores"].get)
+    assert body["confidence"] == pytest.approx(body["scores"][body["label"]])
+    assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    [row] = _stored(api.store)
+    assert (row.id, row.text, row.label, row.model_version) == (
+        body["id"],
+        "@united lost my bag again",
+        body["label"],
+        1,
+    )
+    assert len(row.logits) == 3 and row.created_at is not None
+
+
+def test_batch_keeps_order_and_odd_text_exactly(api):
+    texts = ["@jetblue love it 😍", "  leading spaces", "naïve café \t tab", "x" * 5000, "普通话 ✈️"]
+    r = api.post("/label/batch", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(texts)
+    single = [api.post("/label", json={"text": t}).json() for t in texts]
+    assert [x["label"] for x in results] == [x["label"] for x in single]
+    stored = {row.id: row.text for row in _stored(api.store)}
+    assert [stored[x["id"]] for x in results] == texts
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/label", {}, 422, "text"),
+        ("/label", {"text": ""}, 422, "non-whitespace"),
+        ("/label", {"text": "   \n\t"}, 422, "non-whitespace"),
+        ("/label", {"text": 42}, 422, "string"),
+        ("/label", {"text": ["a"]}, 422, "string"),
+        ("/label", {"text": "a\x00b"}, 422, "NUL"),
+        ("/label", {"text": "ok", "extra": 1}, 422, "extra"),
+        ("/label", {"text": "y" * 10_001}, 413, "limit is 10000"),
+        ("/label/batch", {"texts": []}, 422, "at least 1"),
+        ("/label/batch", {"texts": ["fine", " "]}, 422, "texts[1]"),
+        ("/label/batch", {"texts": "not a list"}, 422, "list"),
+        ("/label/batch", {"texts": ["z"] * 257}, 413, "limit is 256"),
+        ("/gold", {"examples": []}, 422, "at least 1"),
+        ("/gold", {"examples": [{"text": "t", "label": "angry"}]}, 422, "unknown labels ['angry']"),
+        (
+            "/gold",
+            {"examples": [{"text": "t", "label": "neutral", "split": "holdout"}]},
+            422,
+            "split",
+        ),
+        ("/gold", {"examples": [{"text": " ", "label": "neutral"}]}, 422, "non-whitespace"),
+        ("/jobs", {"mlm_weight": -1}, 422, "mlm_weight"),
+        ("/jobs", {"label_mode": "fuzzy"}, 422, "label_mode"),
+        ("/jobs", {"learning_rate": 1}, 422, "learning_rate"),
+        ("/jobs/nope/cancel", None, 404, "no job"),
+        ("/models/99/activate", None, 404, "no model version 99"),
+        ("/models/0/activate", None, 422, "version"),
+        ("/models/abc/activate", None, 422, "version"),
+    ],
+)
+def test_bad_input_is_refused_clearly_and_stores_nothing(api, path, body, status, fragment):
+    r = api.post(path, json=body) if body is not None else api.post(path)
+    assert r.status_code == status, r.text
+    assert fragment in r.text
+    assert _stored(api.store) == []
+    with api.store.session() as s:
+        assert jobs.list_jobs(s) == []
+        assert versions.active_version(s) == 1
+    assert api.queue.sent == []
+
+
+def test_malformed_json_is_refused(api):
+    r = api.post("/label", content=b'{"text": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.text
+    assert _stored(api.store) == []
+
+
+def test_unknown_job_is_404(api):
+    r = api.get("/jobs/does-not-exist")
+    assert r.status_code == 404 and "no job with id" in r.json()["detail"]
+
+
+def test_labels_pages_filters_and_export(api):
+    ids = [
+        x["id"]
+        for x in api.post("/label/batch", json={"texts": [f"t{i}" for i in range(7)]}).json()[
+            "results"
+        ]
+    ]
+    page = api.get("/labels", params={"limit": 4}).json()
+    assert [x["id"] for x in page["items"]] == ids[:4] and page["next_after_id"] == ids[3]
+    rest = api.get("/labels", params={"limit": 4, "after_id": page["next_after_id"]}).json()
+    assert [x["id"] for x in rest["items"]] == ids[4:] and rest["next_after_id"] is None
+    assert api.get("/labels", params={"model_version": 2}).json()["items"] == []
+    assert api.get("/labels", params={"min_confidence": 2}).status_code == 422
+    export = api.get("/labels/export")
+    assert export.status_code == 200
+    lines = export.text.strip().split("\n")
+    assert len(lines) == 7 and '"text": "t0"' in lines[0]
+
+
+def test_gold_import_and_duplicates(api):
+    body = {
+        "examples": [
+            {"text": "new gold one", "label": "neutral", "split": "dev"},
+            {"text": "new gold two", "label": "positive"},
+        ]
+    }
+    first = api.post("/gold", json=body).json()
+    assert first["inserted"] == 2 and first["skipped_duplicates"] == 0
+    again = api.post("/gold", json=body).json()
+    assert again["inserted"] == 0 and again["skipped_duplicates"] == 2
+    assert again["split_counts"]["dev"] == first["split_counts"]["dev"]
+
+
+def test_job_submit_run_and_swap(api):
+    assert api.post("/jobs", json={}).status_code == 409  # nothing labeled yet
+    api.post("/label/batch", json={"texts": [f"@united bag lost {i}" for i in range(40)]})
+    r = api.post(
+        "/jobs",
+        json={
+            "pretrain_max_steps": 2,
+            "finetune_max_steps": 2,
+            "promotion_margin": -1,
+            "batch_size": 8,
+        },
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.json()["status"] == "queued"
+    assert api.queue.sent == [("pfp.retrain", [job_id])]
+    view = api.get(f"/jobs/{job_id}").json()
+    assert view["status"] == "queued" and view["progress"] == 0.0
+    # What the worker would do:
+    run_retrain_job(job_id, api.settings, api.store)
+    view = api.get(f"/jobs/{job_id}").json()
+    assert view["status"] == "succeeded" and view["promoted"] is True
+    assert view["metrics"]["candidate"]["dev"]["macro_f1"] >= 0
+    deadline = time.monotonic() + 10
+    while api.post("/label", json={"text": "hello"}).json()["model_version"] != 2:
+        assert time.monotonic() < deadline, "the API never swapped to v2"
+        time.sleep(0.1)
+    models = api.get("/models").json()
+    assert [m["version"] for m in models] == [2, 1]
+    assert models[0]["active"] and models[0]["parent_version"] == 1
+    assert models[0]["lineage"]["kind"] == "retrain"
+    # Roll back.
+    r = api.post("/models/1/activate")
+    assert r.status_code == 200 and r.json()["active"]
+    active = api.get("/models/active").json()
+    assert active["version"] == active["served_version"] == 1
+    assert api.post("/label", json={"text": "hello"}).json()["model_version"] == 1
+
+
+def test_cancel_queued_job_and_cannot_cancel_twice(api):
+    api.post("/label", json={"text": "something"})
+    job_id = api.post("/jobs").json()["id"]
+    r = api.post(f"/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert api.post(f"/jobs/{job_id}/cancel").status_code == 409
+    run_retrain_job(job_id, api.settings, api.store)  # a late delivery does nothing
+    assert api.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_queue_down_gives_503_and_leaves_no_job(published_copy: Settings):
+    app = create_app(published_copy, job_queue=RecordingQueue(fail=True))
+    with TestClient(app) as client:
+        client.post("/label", json={"text": "something"})
+        r = client.post("/jobs")
+        assert r.status_code == 503 and "job queue is unavailable" in r.json()["detail"]
+        assert client.get("/jobs").json() == []
+
+
+def test_broken_model_is_refused_and_old_one_keeps_serving(api):
+    from app.registry import version_dir, write_version
+
+    def bad_save(folder):
+        (folder / "config.json").write_text('{"model_type": "bert"}')  # no weights, no tokenizer
+
+    v = write_version(
+        api.settings,
+        api.store,
+        bad_save,
+        labels=["negative", "neutral", "positive"],
+        parent_version=1,
+        job_id=None,
+        metrics={},
+        lineage={},
+        decision="published",
+    )
+    assert version_dir(api.settings, v).is_dir()
+    with api.store.session() as s:
+        versions.activate(s, v, "test: a broken model")
+    time.sleep(1.0)  # several poll intervals
+    r = api.post("/label", json={"text": "still fine?"})
+    assert r.status_code == 200 and r.json()["model_version"] == 1
+    broken = [m for m in api.get("/models").json() if m["version"] == v][0]
+    assert "refused" in broken["error"]
+
+
+def test_health_ready_and_metrics(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == 1
+    api.post("/label", json={"text": "count me"})
+    metrics = api.get("/metrics").text
+    assert 'pfp_http_requests_total{method="POST",route="/label",status="200"}' in metrics
+    assert "pfp_served_model_version 1.0" in metrics
+
+
+def test_not_ready_without_a_model(settings: Settings):
+    app = create_app(settings, job_queue=RecordingQueue())
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 503
+        r = client.post("/label", json={"text": "anyone?"})
+        assert r.status_code == 503 and "no model is active yet" in r.json()["detail"]
+        assert r.headers["retry-after"]

@@ -1,0 +1,208 @@
+"""The retraining job as a plain function, and the registry it publishes through."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.config import Settings
+from app.registry import (
+    PublishConflict,
+    activate_if_champion,
+    live_version_dirs,
+    version_dir,
+    write_version,
+)
+from app.store import jobs, pseudo_labels
+from app.store import registry as versions
+from app.store.database import Store
+from app.store.pseudo_labels import Prediction
+from tests.conftest import synthetic_texts
+from workers.retrain import run_retrain_job
+from workers.schedule import fail_stale_jobs, submit_if_due
+
+SMALL = {"pretrain_max_steps": 3, "finetune_max_steps": 3, "batch_size": 16, "max_length": 32}
+
+
+def _label_some(store: Store, n: int = 60, version: int = 1) -> None:
+    with store.session() as s:
+        pseudo_labels.add_predictions(
+            s,
+            [
+                Prediction(t, label, 0.9, [1.0, 0.0, -1.0], version)
+                for t, label in synthetic_texts(n, 9)
+            ],
+        )
+
+
+def _submit(store: Store, **params) -> str:
+    with store.session() as s:
+        return jobs.create_job(s, {**SMALL, **params}, pseudo_labels.max_id(s), "api").id
+
+
+def _job(store: Store, job_id: str):
+    with store.session() as s:
+        return jobs.get_job(s, job_id)
+
+
+@pytest.fixture
+def ready(published_copy: Settings):
+    store = Store(published_copy.store_url)
+    _label_some(store)
+    yield published_copy, store
+    store.dispose()
+
+
+def test_job_publishes_a_winning_candidate(ready):
+    settings, store = ready
+    job_id = _submit(store, promotion_margin=-1.0, label_mode="hard")
+    run_retrain_job(job_id, settings, store)
+    job = _job(store, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.progress == 1.0 and job.promoted is True
+    assert set(job.metrics) == {"candidate", "champion"}
+    for side in ("candidate", "champion"):
+        for split in ("dev", "test"):
+            assert set(job.metrics[side][split]) == {"accuracy", "macro_f1", "n"}
+    assert {"pretraining", "finetuning"} <= set(job.history)
+    assert job.history["pretraining"]["mlm_loss"][0] > 5  # MLM head starts near ln(vocab)
+    with store.session() as s:
+        assert versions.active_version(s) == job.candidate_version == 2
+        row = versions.get_version(s, 2)
+        assert row.parent_version == 1 and row.lineage["pool_texts"] == 60
+    # Plain Hugging Face format.
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(version_dir(settings, 2)))
+    assert clf("@united thanks")[0]["label"] in {"negative", "neutral", "positive"}
+
+
+def test_losing_candidate_is_recorded_and_not_served(ready):
+    settings, store = ready
+    job_id = _submit(store, promotion_margin=1.0, label_mode="soft")
+    run_retrain_job(job_id, settings, store)
+    job = _job(store, job_id)
+    assert job.status == "succeeded" and job.promoted is False
+    assert "margin" in job.decision_reason
+    with store.session() as s:
+        assert versions.active_version(s) == 1
+        assert versions.get_version(s, job.candidate_version).decision == "rejected"
+
+
+def test_cancel_while_running_stops_the_job(ready, monkeypatch):
+    settings, store = ready
+    job_id = _submit(store, pretrain_max_steps=200)
+    from workers import progress
+
+    original = progress.JobReporter.update
+
+    def cancel_once_pretraining(self, fraction, force=False):
+        if self.stage == "pretraining" and fraction > 0.01:
+            with store.session() as s:
+                jobs.get_job(s, job_id).cancel_requested = True
+            force = True
+        return original(self, fraction, force)
+
+    monkeypatch.setattr(progress.JobReporter, "update", cancel_once_pretraining)
+    before = live_version_dirs(settings)
+    run_retrain_job(job_id, settings, store)
+    job = _job(store, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert live_version_dirs(settings) == before
+    assert not list(settings.models_path.glob(".tmp-*"))
+
+
+def test_job_without_pseudo_labels_fails_with_a_reason(published_copy: Settings):
+    store = Store(published_copy.store_url)
+    with store.session() as s:
+        job_id = jobs.create_job(s, SMALL, 0, "api").id
+    run_retrain_job(job_id, published_copy, store)
+    job = _job(store, job_id)
+    assert job.status == "failed" and "no pseudo-labeled texts" in job.error
+
+
+def test_finished_job_is_not_run_again(ready):
+    settings, store = ready
+    job_id = _submit(store, promotion_margin=-1.0)
+    run_retrain_job(job_id, settings, store)
+    run_retrain_job(job_id, settings, store)  # a duplicate delivery
+    with store.session() as s:
+        assert len(versions.list_versions(s)) == 2
+
+
+def test_crash_while_saving_leaves_no_live_folder(settings: Settings, store: Store):
+    def broken_save(folder):
+        (folder / "config.json").write_text("{}")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_version(
+            settings,
+            store,
+            broken_save,
+            labels=["a", "b"],
+            parent_version=None,
+            job_id=None,
+            metrics={},
+            lineage={},
+            decision="published",
+        )
+    assert live_version_dirs(settings) == []
+    assert not list(settings.models_path.glob(".tmp-*"))
+    with store.session() as s:
+        assert all(v.state != "ready" for v in versions.list_versions(s))
+
+
+def test_two_publishers_against_one_champion(settings: Settings, store: Store):
+    def save(folder):
+        (folder / "config.json").write_text("{}")
+
+    made = [
+        write_version(
+            settings,
+            store,
+            save,
+            labels=["a"],
+            parent_version=None,
+            job_id=None,
+            metrics={},
+            lineage={},
+            decision="published",
+        )
+        for _ in range(3)
+    ]
+    activate_if_champion(store, made[0], None, "first")
+    activate_if_champion(store, made[1], made[0], "job A")
+    with pytest.raises(PublishConflict, match="changed"):
+        activate_if_champion(store, made[2], made[0], "job B evaluated against the old champion")
+    with store.session() as s:
+        assert versions.active_version(s) == made[1]
+
+
+def test_beat_submits_only_when_enough_new_labels(ready):
+    settings, store = ready
+    due = settings.model_copy(update={"retrain_min_new_labels": 50})
+    not_due = settings.model_copy(update={"retrain_min_new_labels": 61})
+    assert submit_if_due(not_due, store) is None
+    job_id = submit_if_due(due, store)
+    assert job_id is not None
+    assert submit_if_due(due, store) is None  # one unfinished job at a time
+    with store.session() as s:
+        jobs.finish(jobs.get_job(s, job_id), "succeeded")
+    assert submit_if_due(due, store) is None  # its pool is used up
+    _label_some(store, 60)
+    assert submit_if_due(due, store) is not None
+
+
+def test_stale_running_job_is_marked_failed(ready):
+    settings, store = ready
+    job_id = _submit(store)
+    from datetime import timedelta
+
+    from app.store.tables import utcnow
+
+    with store.session() as s:
+        job = jobs.get_job(s, job_id)
+        job.status, job.heartbeat_at = "running", utcnow() - timedelta(seconds=120)
+    assert fail_stale_jobs(settings.model_copy(update={"job_stale_seconds": 60}), store) == 1
+    job = _job(store, job_id)
+    assert job.status == "failed" and "worker lost" in job.error
