@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,8 @@ def _retrain(
     candidate = Classifier(model, tokenizer, labels, settings.max_length)
     champion_model = load_classifier(version_dir(settings, champion), settings.max_length)
     metrics = {
-        "candidate": _evaluate_both(candidate, dev, test),
-        "champion": _evaluate_both(champion_model, dev, test),
+        "candidate": _evaluate_both(candidate, dev, test, lambda f: report(f / 2)),
+        "champion": _evaluate_both(champion_model, dev, test, lambda f: report(0.5 + f / 2)),
     }
     del champion_model
 
@@ -259,9 +260,16 @@ def _retrain(
 
 
 def _evaluate_both(
-    classifier: Classifier, dev: tuple[list[str], list[str]], test: tuple[list[str], list[str]]
+    classifier: Classifier,
+    dev: tuple[list[str], list[str]],
+    test: tuple[list[str], list[str]],
+    progress: Callable[[float], None],
 ) -> dict[str, dict[str, float]]:
-    out = {"dev": evaluate(classifier, *dev)}
+    """Metrics on dev and test; `progress` gets 0..1 over both."""
+    share = len(dev[0]) / max(1, len(dev[0]) + len(test[0]))
+    out = {"dev": evaluate(classifier, *dev, lambda f, _loss: progress(f * share))}
     if test[0]:
-        out["test"] = evaluate(classifier, *test)
+        out["test"] = evaluate(
+            classifier, *test, lambda f, _loss: progress(share + f * (1 - share))
+        )
     return out

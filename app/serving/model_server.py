@@ -63,7 +63,8 @@ class ModelServer:
         self.settings = settings
         self.store = store
         self.current: ServedModel | None = None
-        # version -> why it was refused; not retried until the store names it again anew.
+        # activation id -> why this process refused to load its version. Keyed by the
+        # activation, not the version: activating a version again gives it a fresh try.
         self.refused: dict[int, str] = {}
         self._loader = loader or self._load_from_registry
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -110,10 +111,11 @@ class ModelServer:
     async def sync(self) -> None:
         """Load the store's active version if it is not the one served."""
         async with self._swap_lock:
-            wanted = await asyncio.to_thread(self._read_active)
-            if wanted is None or (self.current and self.current.version == wanted):
+            active = await asyncio.to_thread(self._read_active)
+            if active is None:
                 return
-            if wanted in self.refused:
+            activation, wanted = active
+            if (self.current and self.current.version == wanted) or activation in self.refused:
                 return
             try:
                 classifier = await asyncio.get_running_loop().run_in_executor(
@@ -121,7 +123,7 @@ class ModelServer:
                 )
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-                self.refused[wanted] = reason
+                self.refused[activation] = reason
                 kept = f"v{self.current.version}" if self.current else "no model"
                 log.error("refused model v%s (%s); still serving %s", wanted, reason, kept)
                 await asyncio.to_thread(self._record_refusal, wanted, reason)
@@ -132,9 +134,9 @@ class ModelServer:
                 "now serving v%s (was %s)", wanted, f"v{previous.version}" if previous else "none"
             )
 
-    def _read_active(self) -> int | None:
+    def _read_active(self) -> tuple[int, int] | None:
         with self.store.session() as session:
-            return versions.active_version(session)
+            return versions.active_activation(session)
 
     def _record_refusal(self, version: int, reason: str) -> None:
         try:

@@ -15,6 +15,14 @@ def active_version(session: Session) -> int | None:
     return session.scalar(select(Activation.version).order_by(Activation.id.desc()).limit(1))
 
 
+def active_activation(session: Session) -> tuple[int, int] | None:
+    """(activation id, version) of the newest activation, or None before the first model."""
+    row = session.execute(
+        select(Activation.id, Activation.version).order_by(Activation.id.desc()).limit(1)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 def create_version(
     session: Session,
     *,

@@ -54,7 +54,6 @@ async def activate_version(
             raise Conflict(f"model version {version} is {row.state} and cannot be served")
     activate(store, version, "activated through the API")
     notify_swap(settings, version)
-    server.refused.pop(version, None)  # an explicit request deserves a fresh try
     await server.sync()
     with store.session() as session:
         row = versions.get_version(session, version)
