@@ -20,6 +20,19 @@ import time
 from app.core.config import Settings, get_settings
 
 
+def _announce_admin_key(settings: Settings) -> None:
+    from app.core.security import ensure_admin_key, key_file
+
+    created = ensure_admin_key(settings)
+    if created:
+        # The one time the generated key is shown; it is kept in the data folder.
+        print(
+            f"\nGenerated the admin API key (kept in {key_file(settings)}):\n\n    {created}\n\n"
+            "Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.\n",
+            flush=True,
+        )
+
+
 def _bootstrap(settings: Settings) -> None:
     from tqdm import tqdm
 
@@ -41,6 +54,7 @@ def _bootstrap(settings: Settings) -> None:
 
     started = time.monotonic()
     print(f"Store: {settings.store_url.split('@')[-1]}  Models: {settings.models_path}", flush=True)
+    _announce_admin_key(settings)
     try:
         version = bootstrap_first_model(settings, store, progress)
     finally:

@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
+from app.api.limits import RequestLimits
 from app.api.routes import gold, health, jobs, label, labels, models
 from app.core.config import Settings, get_settings
+from app.core.security import ApiKeys
 from app.serving.model_server import ModelServer
 from app.serving.swap_notices import listen_for_swaps
 from app.serving.telemetry import MetricsMiddleware
@@ -40,6 +43,7 @@ def create_app(
 
             queue = make_celery(settings)
         app.state.settings = settings
+        app.state.api_keys = ApiKeys.from_settings(settings)
         app.state.store = store
         app.state.model_server = server
         app.state.job_queue = queue
@@ -67,6 +71,15 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # closed unless the operator names the origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     for module in (label, labels, gold, jobs, models, health):
         app.include_router(module.router)

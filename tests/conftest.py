@@ -24,6 +24,10 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
+ADMIN_KEY = "test-admin-key"
+LABEL_KEY = "test-label-key"
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
 LABELS = ["negative", "neutral", "positive"]
 _WORDS = {
     "negative": ["delayed", "lost", "rude", "cancelled", "worst", "broken", "late", "awful"],
@@ -94,6 +98,8 @@ def make_settings(
         "infer_max_wait_ms": 1.0,
         "database_url": "",
         "redis_url": "",
+        "admin_api_keys": ADMIN_KEY,
+        "label_api_keys": LABEL_KEY,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

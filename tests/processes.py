@@ -85,11 +85,15 @@ def wait_ready(base_url: str, proc: Proc, timeout: float = 180) -> None:
 
 
 def wait_job(
-    base_url: str, job_id: str, timeout: float = 300, until=("succeeded", "failed", "cancelled")
+    base_url: str,
+    job_id: str,
+    timeout: float = 300,
+    until=("succeeded", "failed", "cancelled"),
+    headers: dict[str, str] | None = None,
 ) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = httpx.get(f"{base_url}/jobs/{job_id}", timeout=5).json()
+        job = httpx.get(f"{base_url}/jobs/{job_id}", timeout=5, headers=headers).json()
         if job["status"] in until:
             return job
         time.sleep(0.5)

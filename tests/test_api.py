@@ -12,6 +12,7 @@ from app.main import create_app
 from app.store import jobs, pseudo_labels
 from app.store import registry as versions
 from app.store.database import Store
+from tests.conftest import ADMIN
 from workers.retrain import run_retrain_job
 
 
@@ -30,7 +31,7 @@ class RecordingQueue:
 def api(published_copy: Settings):
     queue = RecordingQueue()
     app = create_app(published_copy, job_queue=queue)
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN) as client:
         client.queue = queue  # type: ignore[attr-defined]
         client.settings = published_copy  # type: ignore[attr-defined]
         client.store = app.state.store  # type: ignore[attr-defined]
@@ -119,7 +120,7 @@ def test_bad_input_is_refused_clearly_and_stores_nothing(api, path, body, status
 
 def test_malformed_json_is_refused(api):
     r = api.post("/label", content=b'{"text": ', headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "JSON" in r.text
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
     assert _stored(api.store) == []
 
 
@@ -212,7 +213,7 @@ def test_cancel_queued_job_and_cannot_cancel_twice(api):
 
 def test_queue_down_gives_503_and_leaves_no_job(published_copy: Settings):
     app = create_app(published_copy, job_queue=RecordingQueue(fail=True))
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN) as client:
         client.post("/label", json={"text": "something"})
         r = client.post("/jobs")
         assert r.status_code == 503 and "job queue is unavailable" in r.json()["detail"]
@@ -258,7 +259,7 @@ def test_health_ready_and_metrics(api):
 
 def test_not_ready_without_a_model(settings: Settings):
     app = create_app(settings, job_queue=RecordingQueue())
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN) as client:
         assert client.get("/readyz").status_code == 503
         r = client.post("/label", json={"text": "anyone?"})
         assert r.status_code == 503 and "no model is active yet" in r.json()["detail"]

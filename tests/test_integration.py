@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REDIS_TEST_URL, synthetic_texts
+from tests.conftest import ADMIN, ADMIN_KEY, REDIS_TEST_URL, synthetic_texts
 from tests.processes import Proc, free_port, service_env, wait_job, wait_ready
 
 pytestmark = pytest.mark.integration
+
+http = httpx.Client(headers=ADMIN, timeout=30)
 
 SMALL_JOB = {
     "pretrain_max_steps": 4,
@@ -51,7 +53,7 @@ class Labeler(threading.Thread):
         self.answers: list[tuple[str, int, int]] = []  # (url, id, model version)
 
     def run(self) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=ADMIN) as client:
             i = 0
             while not self.stop_event.is_set():
                 url = self.urls[i % len(self.urls)]
@@ -81,6 +83,7 @@ def distributed(
         bootstrap_epochs=2,
         max_length=32,
         swap_poll_seconds=5,  # long: the Redis notice must do the swap
+        admin_api_keys=ADMIN_KEY,
     )
     procs: list[Proc] = []
     boot = Proc("bootstrap", ["bootstrap"], env, tmp_path)
@@ -102,14 +105,14 @@ def test_label_retrain_and_hot_swap_on_two_api_processes(distributed):
     texts = [t for t, _ in synthetic_texts(300, seed=21)]
     for start in range(0, 300, 50):
         url = urls[(start // 50) % 2]
-        r = httpx.post(f"{url}/label/batch", json={"texts": texts[start : start + 50]}, timeout=30)
+        r = http.post(f"{url}/label/batch", json={"texts": texts[start : start + 50]}, timeout=30)
         assert r.status_code == 200 and {x["model_version"] for x in r.json()["results"]} == {1}
 
     labeler = Labeler(urls)
     labeler.start()
-    r = httpx.post(f"{urls[0]}/jobs", json=SMALL_JOB, timeout=10)
+    r = http.post(f"{urls[0]}/jobs", json=SMALL_JOB, timeout=10)
     assert r.status_code == 202, r.text
-    job = wait_job(urls[1], r.json()["id"])
+    job = wait_job(urls[1], r.json()["id"], headers=ADMIN)
     assert job["status"] == "succeeded", (job, distributed["worker"].log()[-3000:])
     assert job["promoted"] is True and job["candidate_version"] == 2
     assert job["metrics"]["champion"]["dev"]["n"] > 0
@@ -127,14 +130,14 @@ def test_label_retrain_and_hot_swap_on_two_api_processes(distributed):
     stored = {}
     after = 0
     while True:
-        page = httpx.get(f"{urls[0]}/labels", params={"after_id": after, "limit": 1000}).json()
+        page = http.get(f"{urls[0]}/labels", params={"after_id": after, "limit": 1000}).json()
         stored.update({x["id"]: x["model_version"] for x in page["items"]})
         if page["next_after_id"] is None:
             break
         after = page["next_after_id"]
     assert all(stored.get(i) == v for _, i, v in labeler.answers)
     assert len(stored) == 300 + len(labeler.answers)
-    models = httpx.get(f"{urls[0]}/models").json()
+    models = http.get(f"{urls[0]}/models").json()
     assert [(m["version"], m["active"]) for m in models] == [(2, True), (1, False)]
 
 
@@ -145,17 +148,15 @@ def test_killed_worker_leaves_the_champion_serving(distributed):
     from workers.schedule import fail_stale_jobs
 
     urls, worker = distributed["urls"], distributed["worker"]
-    httpx.post(
-        f"{urls[0]}/label/batch", json={"texts": [f"@jetblue thanks {i}" for i in range(64)]}
-    )
+    http.post(f"{urls[0]}/label/batch", json={"texts": [f"@jetblue thanks {i}" for i in range(64)]})
     long_job = {**SMALL_JOB, "pretrain_max_steps": 100_000}
-    job_id = httpx.post(f"{urls[0]}/jobs", json=long_job).json()["id"]
-    job = wait_job(urls[0], job_id, until=("running",))
+    job_id = http.post(f"{urls[0]}/jobs", json=long_job).json()["id"]
+    job = wait_job(urls[0], job_id, until=("running",), headers=ADMIN)
     deadline = time.monotonic() + 60
     while job["stage"] != "pretraining" or job["progress"] <= 0.02:
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
-        job = httpx.get(f"{urls[0]}/jobs/{job_id}").json()
+        job = http.get(f"{urls[0]}/jobs/{job_id}").json()
     worker.signal_group(signal.SIGKILL)
     worker.popen.wait(10)
 
@@ -168,15 +169,15 @@ def test_killed_worker_leaves_the_champion_serving(distributed):
     )
     assert live_version_dirs(settings) == [1]
     for url in urls:
-        r = httpx.post(f"{url}/label", json={"text": "still serving?"})
+        r = http.post(f"{url}/label", json={"text": "still serving?"})
         assert r.status_code == 200 and r.json()["model_version"] == 1
-    assert httpx.get(f"{urls[0]}/jobs/{job_id}").json()["status"] == "running"
+    assert http.get(f"{urls[0]}/jobs/{job_id}").json()["status"] == "running"
     # Beat's sweep ends a job whose heartbeat stopped.
     time.sleep(2.5)
     store = Store(settings.store_url)
     assert fail_stale_jobs(settings.model_copy(update={"job_stale_seconds": 2}), store) == 1
     store.dispose()
-    job = httpx.get(f"{urls[0]}/jobs/{job_id}").json()
+    job = http.get(f"{urls[0]}/jobs/{job_id}").json()
     assert job["status"] == "failed" and "worker lost" in job["error"]
 
 
@@ -196,14 +197,18 @@ def test_embedded_serve_runs_the_whole_loop(tmp_path: Path, tiny_base: Path, gol
     try:
         wait_ready(url, serve)
         assert "Published the first model as v1" in serve.log()
-        r = httpx.post(f"{url}/label", json={"text": "@united lost my bag again"})
+        key = (tmp_path / "data" / "admin_api_key").read_text().strip()
+        assert key in serve.log()  # printed once, for the user to copy
+        assert httpx.post(f"{url}/label", json={"text": "no key"}).status_code == 401
+        http = httpx.Client(headers={"X-API-Key": key}, timeout=30)
+        r = http.post(f"{url}/label", json={"text": "@united lost my bag again"})
         assert r.status_code == 200 and r.json()["model_version"] == 1
-        httpx.post(f"{url}/label/batch", json={"texts": [t for t, _ in synthetic_texts(80, 5)]})
-        job_id = httpx.post(f"{url}/jobs", json=SMALL_JOB).json()["id"]
-        job = wait_job(url, job_id)
+        http.post(f"{url}/label/batch", json={"texts": [t for t, _ in synthetic_texts(80, 5)]})
+        job_id = http.post(f"{url}/jobs", json=SMALL_JOB).json()["id"]
+        job = wait_job(url, job_id, headers={"X-API-Key": key})
         assert job["status"] == "succeeded", (job, serve.log()[-3000:])
         deadline = time.monotonic() + 20
-        while httpx.post(f"{url}/label", json={"text": "again"}).json()["model_version"] != 2:
+        while http.post(f"{url}/label", json={"text": "again"}).json()["model_version"] != 2:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert (tmp_path / "data" / "service.db").is_file()

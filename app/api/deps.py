@@ -6,9 +6,52 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.api.errors import Forbidden, Unauthorized
 from app.core.config import Settings
+from app.core.security import ApiKeys
 from app.serving.model_server import ModelServer
 from app.store.database import Store
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+_HOW = "send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+
+
+def require_admin(request: Request) -> None:
+    """Admin endpoints: jobs, gold import, activation, stored texts and their export."""
+    keys: ApiKeys = request.app.state.api_keys
+    key = _presented_key(request)
+    if key is None:
+        raise Unauthorized(f"missing API key: {_HOW}")
+    if keys.is_admin(key):
+        return
+    if keys.may_label(key):
+        raise Forbidden("this API key may label texts but not use admin endpoints")
+    raise Unauthorized("invalid API key")
+
+
+def require_labeler(request: Request) -> None:
+    """Labeling: any key, or none where the operator opened it (LABEL_OPEN)."""
+    keys: ApiKeys = request.app.state.api_keys
+    if keys.label_open:
+        return
+    require_reader(request)
+
+
+def require_reader(request: Request) -> None:
+    """Reading the model list: any valid key."""
+    keys: ApiKeys = request.app.state.api_keys
+    key = _presented_key(request)
+    if key is None:
+        raise Unauthorized(f"missing API key: {_HOW}")
+    if not keys.may_label(key):
+        raise Unauthorized("invalid API key")
 
 
 def get_store(request: Request) -> Store:
@@ -32,3 +75,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 ServerDep = Annotated[ModelServer, Depends(get_model_server)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 QueueDep = Annotated[Any, Depends(get_job_queue)]
+
+ADMIN = [Depends(require_admin)]
+LABELER = [Depends(require_labeler)]
+READER = [Depends(require_reader)]

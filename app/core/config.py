@@ -73,6 +73,22 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address uvicorn binds in `serve`.")
     port: int = Field(8000, description="Port uvicorn binds in `serve`.")
     log_level: str = Field("info", description="Log level of the API and workers.")
+    admin_api_keys: str = Field(
+        "",
+        description="Comma-separated keys for admin endpoints (and labeling); empty: one is "
+        "generated into DATA_DIR/admin_api_key and printed once.",
+    )
+    label_api_keys: str = Field(
+        "", description="Comma-separated keys that may only label and read models."
+    )
+    label_open: bool = Field(False, description="Let /label and /label/batch answer without a key.")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS; empty: CORS closed."
+    )
+    max_body_bytes: int = Field(4_000_000, description="Largest request body accepted (413 above).")
+    infer_queue_limit: int = Field(
+        2048, description="Most texts waiting for the model; past it /label answers 429."
+    )
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod

@@ -31,6 +31,14 @@ class NoActiveModel(RuntimeError):
     """No model has been published yet (the first fine-tuning has not finished)."""
 
 
+class ModelOverloaded(RuntimeError):
+    """More texts wait for the model than INFER_QUEUE_LIMIT allows."""
+
+
+class ShuttingDown(RuntimeError):
+    """The process is stopping and takes no new work."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     version: int
@@ -73,6 +81,9 @@ class ModelServer:
         self._swap_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Texts accepted but not yet answered: the permit count behind back-pressure.
+        self._waiting_texts = 0
+        self._closing = False
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -85,7 +96,13 @@ class ModelServer:
             asyncio.create_task(self._watch_loop(), name="swap-watcher"),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Refuse new work, let accepted texts finish (their answers are stored by the
+        routes that await them), then stop."""
+        self._closing = True
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while self._waiting_texts and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -160,11 +177,23 @@ class ModelServer:
     # -- inference ----------------------------------------------------------------------
 
     async def predict(self, texts: list[str]) -> list[Scored]:
+        if self._closing:
+            raise ShuttingDown("this API process is shutting down; retry on another")
         if self.current is None:
             raise NoActiveModel("no model is active yet: the first model is still being trained")
+        limit = self.settings.infer_queue_limit
+        if self._waiting_texts + len(texts) > limit:
+            raise ModelOverloaded(
+                f"{self._waiting_texts} texts are waiting for the model (limit {limit}); "
+                "retry shortly"
+            )
         future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(texts, future))
-        return await future
+        self._waiting_texts += len(texts)
+        try:
+            self._queue.put_nowait(_Pending(texts, future))
+            return await future
+        finally:
+            self._waiting_texts -= len(texts)
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import ADMIN, SettingsDep, StoreDep
 from app.api.errors import Invalid, TooLarge
 from app.api.schemas import GoldImport, GoldImportResult
 from app.store import gold
 from app.store import registry as versions
 
-router = APIRouter(tags=["gold"])
+router = APIRouter(tags=["gold"], dependencies=ADMIN)
 
 MAX_GOLD_PER_REQUEST = 10_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ServerDep, SettingsDep, StoreDep
+from app.api.deps import LABELER, ServerDep, SettingsDep, StoreDep
 from app.api.errors import TooLarge
 from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, LabelResult
 from app.core.config import Settings
@@ -14,7 +14,7 @@ from app.serving.telemetry import TEXTS_LABELED
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, add_predictions
 
-router = APIRouter(tags=["label"])
+router = APIRouter(tags=["label"], dependencies=LABELER)
 
 
 def _check_sizes(texts: list[str], settings: Settings) -> None:

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import StoreDep
+from app.api.deps import ADMIN, StoreDep
 from app.api.schemas import PseudoLabelPage, StoredPseudoLabel
 from app.store.database import Store
 from app.store.pseudo_labels import list_pseudo_labels
 
-router = APIRouter(tags=["labels"])
+router = APIRouter(tags=["labels"], dependencies=ADMIN)
 
 
 class _Filters:

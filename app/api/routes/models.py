@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
-from app.api.deps import ServerDep, SettingsDep, StoreDep
+from app.api.deps import ADMIN, READER, ServerDep, SettingsDep, StoreDep
 from app.api.errors import Conflict, NotFound
 from app.api.schemas import ActiveModelView, ModelView
 from app.registry import activate, notify_swap, version_dir
@@ -19,7 +19,7 @@ def _view(row: versions.ModelVersion, active: int | None) -> ModelView:
     return view
 
 
-@router.get("/models", response_model=list[ModelView])
+@router.get("/models", response_model=list[ModelView], dependencies=READER)
 def list_models(store: StoreDep):
     """Every version, newest first, with metrics, lineage and whether it is active."""
     with store.session() as session:
@@ -27,7 +27,7 @@ def list_models(store: StoreDep):
         return [_view(row, active) for row in versions.list_versions(session)]
 
 
-@router.get("/models/active", response_model=ActiveModelView)
+@router.get("/models/active", response_model=ActiveModelView, dependencies=READER)
 def active_model(store: StoreDep, server: ServerDep):
     """The version active in the store and the one this API process serves."""
     with store.session() as session:
@@ -38,7 +38,7 @@ def active_model(store: StoreDep, server: ServerDep):
     return ActiveModelView(version=active, served_version=served, model=model)
 
 
-@router.post("/models/{version}/activate", response_model=ModelView)
+@router.post("/models/{version}/activate", response_model=ModelView, dependencies=ADMIN)
 async def activate_version(
     store: StoreDep,
     server: ServerDep,
