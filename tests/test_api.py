@@ -220,16 +220,18 @@ def test_queue_down_gives_503_and_leaves_no_job(published_copy: Settings):
         assert client.get("/jobs").json() == []
 
 
-def test_broken_model_is_refused_and_old_one_keeps_serving(api):
+@pytest.mark.parametrize("damage", ["corrupt", "delete"])
+def test_damaged_model_is_refused_and_old_one_keeps_serving(api, caplog, damage):
+    """A published folder corrupted or deleted before the API loads it."""
+    import shutil
+
     from app.registry import version_dir, write_version
 
-    def bad_save(folder):
-        (folder / "config.json").write_text('{"model_type": "bert"}')  # no weights, no tokenizer
-
+    good = version_dir(api.settings, 1)
     v = write_version(
         api.settings,
         api.store,
-        bad_save,
+        lambda folder: shutil.copytree(good, folder, dirs_exist_ok=True),
         labels=["negative", "neutral", "positive"],
         parent_version=1,
         job_id=None,
@@ -237,14 +239,21 @@ def test_broken_model_is_refused_and_old_one_keeps_serving(api):
         lineage={},
         decision="published",
     )
-    assert version_dir(api.settings, v).is_dir()
+    folder = version_dir(api.settings, v)
+    if damage == "corrupt":
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    else:
+        shutil.rmtree(folder)
     with api.store.session() as s:
-        versions.activate(s, v, "test: a broken model")
+        versions.activate(s, v, f"test: a {damage}d model")
     time.sleep(1.0)  # several poll intervals
     r = api.post("/label", json={"text": "still fine?"})
     assert r.status_code == 200 and r.json()["model_version"] == 1
-    broken = [m for m in api.get("/models").json() if m["version"] == v][0]
-    assert "refused" in broken["error"]
+    damaged = [m for m in api.get("/models").json() if m["version"] == v][0]
+    assert "refused" in damaged["error"]
+    assert f"refused model v{v}" in caplog.text
+    active = api.get("/models/active").json()
+    assert (active["version"], active["served_version"]) == (v, 1)  # visible to operators
 
 
 def test_health_ready_and_metrics(api):
