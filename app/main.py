@@ -17,6 +17,7 @@ from app.api.routes import gold, health, jobs, label, labels, models
 from app.core.config import Settings, get_settings
 from app.core.security import ApiKeys
 from app.serving.model_server import ModelServer
+from app.serving.store_writer import StoreWriter
 from app.serving.swap_notices import listen_for_swaps
 from app.serving.telemetry import MetricsMiddleware
 from app.store.database import Store
@@ -48,6 +49,9 @@ def create_app(
         app.state.model_server = server
         app.state.job_queue = queue
         await server.start()
+        writer = StoreWriter(store)
+        writer.start()
+        app.state.store_writer = writer
         listener = (
             asyncio.create_task(listen_for_swaps(settings.redis_url, server))
             if settings.redis_url
@@ -61,6 +65,7 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await listener
             await server.stop()
+            await writer.stop()
             store.dispose()
 
     app = FastAPI(

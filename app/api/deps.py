@@ -10,6 +10,7 @@ from app.api.errors import Forbidden, Unauthorized
 from app.core.config import Settings
 from app.core.security import ApiKeys
 from app.serving.model_server import ModelServer
+from app.serving.store_writer import StoreWriter
 from app.store.database import Store
 
 
@@ -62,6 +63,10 @@ def get_model_server(request: Request) -> ModelServer:
     return request.app.state.model_server
 
 
+def get_store_writer(request: Request) -> StoreWriter:
+    return request.app.state.store_writer
+
+
 def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -74,6 +79,7 @@ def get_job_queue(request: Request) -> Any:
 StoreDep = Annotated[Store, Depends(get_store)]
 ServerDep = Annotated[ModelServer, Depends(get_model_server)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+WriterDep = Annotated[StoreWriter, Depends(get_store_writer)]
 QueueDep = Annotated[Any, Depends(get_job_queue)]
 
 ADMIN = [Depends(require_admin)]

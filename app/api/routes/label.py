@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import LABELER, ServerDep, SettingsDep, StoreDep
+from app.api.deps import LABELER, ServerDep, SettingsDep, WriterDep
 from app.api.errors import TooLarge
 from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, LabelResult
 from app.core.config import Settings
 from app.serving.model_server import Scored
+from app.serving.store_writer import StoreWriter
 from app.serving.telemetry import TEXTS_LABELED
-from app.store.database import Store
-from app.store.pseudo_labels import Prediction, add_predictions
+from app.store.pseudo_labels import Prediction
 
 router = APIRouter(tags=["label"], dependencies=LABELER)
 
@@ -26,17 +25,14 @@ def _check_sizes(texts: list[str], settings: Settings) -> None:
             )
 
 
-def _store(store: Store, texts: list[str], scored: list[Scored]) -> list[LabelResult]:
+async def _store(writer: StoreWriter, texts: list[str], scored: list[Scored]) -> list[LabelResult]:
     """Store first, answer second: a 200 always means the pseudo-label is kept."""
-    with store.session() as session:
-        rows = add_predictions(
-            session,
-            [
-                Prediction(t, s.label, s.confidence, s.logits, s.model_version)
-                for t, s in zip(texts, scored, strict=True)
-            ],
-        )
-        ids = [row.id for row in rows]
+    ids = await writer.write(
+        [
+            Prediction(t, s.label, s.confidence, s.logits, s.model_version)
+            for t, s in zip(texts, scored, strict=True)
+        ]
+    )
     for s in scored:
         TEXTS_LABELED.labels(str(s.model_version)).inc()
     return [
@@ -52,16 +48,16 @@ def _store(store: Store, texts: list[str], scored: list[Scored]) -> list[LabelRe
 
 
 @router.post("/label", response_model=LabelResult)
-async def label(body: LabelRequest, server: ServerDep, store: StoreDep, settings: SettingsDep):
+async def label(body: LabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep):
     """Label one text with the active model and store the prediction."""
     _check_sizes([body.text], settings)
     scored = await server.predict([body.text])
-    return (await run_in_threadpool(_store, store, [body.text], scored))[0]
+    return (await _store(writer, [body.text], scored))[0]
 
 
 @router.post("/label/batch", response_model=BatchLabelResult)
 async def label_batch(
-    body: BatchLabelRequest, server: ServerDep, store: StoreDep, settings: SettingsDep
+    body: BatchLabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep
 ):
     """Label several texts; results come back in the order of `texts`."""
     if len(body.texts) > settings.max_batch_texts:
@@ -70,4 +66,4 @@ async def label_batch(
         )
     _check_sizes(body.texts, settings)
     scored = await server.predict(body.texts)
-    return BatchLabelResult(results=await run_in_threadpool(_store, store, body.texts, scored))
+    return BatchLabelResult(results=await _store(writer, body.texts, scored))

@@ -1,0 +1,87 @@
+"""Batched store writes for /label.
+
+Concurrent requests hand their predictions to one writer, which inserts everything that
+is waiting in a single transaction, off the event loop. A request is answered only after
+its rows are committed (a 200 means stored), but one commit serves many requests instead
+of one commit each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from app.store.database import Store
+from app.store.pseudo_labels import Prediction, add_predictions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Write:
+    predictions: list[Prediction]
+    future: asyncio.Future[list[int]]
+
+
+class StoreWriter:
+    def __init__(self, store: Store, max_rows_per_commit: int = 2048) -> None:
+        self.store = store
+        self.max_rows = max_rows_per_commit
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        # One writer thread: SQLite takes one writer at a time anyway, and one transaction
+        # at a time keeps ids in arrival order.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._task: asyncio.Task[None] | None = None
+        self._pending = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="store-writer")
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Finish the writes already handed over, then stop."""
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while self._pending and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._thread.shutdown(wait=True)
+
+    async def write(self, predictions: list[Prediction]) -> list[int]:
+        """Store `predictions`; returns their ids once committed."""
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._pending += 1
+        try:
+            self._queue.put_nowait(_Write(predictions, future))
+            return await future
+        finally:
+            self._pending -= 1
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            rows = len(batch[0].predictions)
+            while rows < self.max_rows and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                rows += len(item.predictions)
+            try:
+                ids = await loop.run_in_executor(self._thread, self._commit, batch)
+            except Exception as exc:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(ids[start : start + len(item.predictions)])
+                start += len(item.predictions)
+
+    def _commit(self, batch: list[_Write]) -> list[int]:
+        with self.store.session() as session:
+            rows = add_predictions(session, [p for item in batch for p in item.predictions])
+            return [row.id for row in rows]
