@@ -29,14 +29,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
+# Serving and training benchmarks against their baselines (about 10 minutes here).
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests
-	$(BIN)/ruff format --check app workers tests
-	$(BIN)/mypy app workers
+	$(BIN)/ruff check app workers bench tests
+	$(BIN)/ruff format --check app workers bench tests
+	$(BIN)/mypy app workers bench
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix app workers tests
-	$(BIN)/ruff format app workers tests
+	$(BIN)/ruff check --fix app workers bench tests
+	$(BIN)/ruff format app workers bench tests
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

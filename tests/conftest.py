@@ -16,8 +16,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from app.core.config import Settings, packaged_base_model  # noqa: E402
+from app.core.config import Settings  # noqa: E402
 from app.store.database import Store  # noqa: E402
+from bench.tiny import build_tiny_bert  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -46,26 +47,6 @@ def synthetic_texts(n: int, seed: int) -> list[tuple[str, str]]:
         words = rng.sample(_WORDS[label], 3)
         rows.append((f"{rng.choice(_AIRLINES)} {' '.join(words)} #{seed}x{i}", label))
     return rows
-
-
-def build_tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with the real WordPiece tokenizer, randomly initialised."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(str(packaged_base_model()))
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="session")

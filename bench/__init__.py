@@ -1,0 +1,1 @@
+"""`make bench`: serving and training benchmarks against baselines, in one run."""
