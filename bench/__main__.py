@@ -264,9 +264,7 @@ def main() -> None:
         gold_path = out / "gold.jsonl"
         with gold_path.open("w") as handle:
             for item in demo_gold(13)[:600]:
-                handle.write(
-                    json.dumps({"text": item.text, "label": item.label, "split": item.split}) + "\n"
-                )
+                handle.write(json.dumps({"text": item.text, "label": item.label}) + "\n")
         env_values["BOOTSTRAP_GOLD"] = gold_path
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},

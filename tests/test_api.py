@@ -105,6 +105,8 @@ def test_batch_keeps_order_and_odd_text_exactly(api):
         ("/models/99/activate", None, 404, "no model version 99"),
         ("/models/0/activate", None, 422, "version"),
         ("/models/abc/activate", None, 422, "version"),
+        ("/models/9223372036854775808/activate", None, 422, "version"),
+        ("/models/2147483648/activate", None, 422, "version"),
     ],
 )
 def test_bad_input_is_refused_clearly_and_stores_nothing(api, path, body, status, fragment):
@@ -142,6 +144,10 @@ def test_labels_pages_filters_and_export(api):
     assert [x["id"] for x in rest["items"]] == ids[4:] and rest["next_after_id"] is None
     assert api.get("/labels", params={"model_version": 2}).json()["items"] == []
     assert api.get("/labels", params={"min_confidence": 2}).status_code == 422
+    # Numbers past what the store holds are refused, not passed to the database driver.
+    assert api.get("/labels", params={"after_id": 2**63}).status_code == 422
+    assert api.get("/labels", params={"model_version": 2**31}).status_code == 422
+    assert api.get("/labels/export", params={"model_version": 2**31}).status_code == 422
     export = api.get("/labels/export")
     assert export.status_code == 200
     lines = export.text.strip().split("\n")

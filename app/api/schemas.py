@@ -7,6 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Largest ids the store holds: pseudo-label ids are 64-bit, model versions 32-bit. Larger
+# numbers in a request are refused (422) instead of overflowing the database driver.
+MAX_ROW_ID = 2**63 - 1
+MAX_VERSION = 2**31 - 1
+
 
 def _not_blank(value: str) -> str:
     if not value.strip():

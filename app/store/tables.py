@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -22,7 +22,10 @@ class PseudoLabel(Base):
 
     __tablename__ = "pseudo_labels"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # 64-bit on PostgreSQL (the table every request grows); SQLite's rowid is 64-bit already.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     text: Mapped[str] = mapped_column(Text)
     label: Mapped[str] = mapped_column(String(200))
     confidence: Mapped[float] = mapped_column(Float)
@@ -100,7 +103,7 @@ class Job(Base):
     champion_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     candidate_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Highest pseudo-label id the job may use: beat counts what arrived after it.
-    pool_upto_id: Mapped[int] = mapped_column(Integer, default=0)
+    pool_upto_id: Mapped[int] = mapped_column(BigInteger, default=0)
     trigger: Mapped[str] = mapped_column(String(16), default="api")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

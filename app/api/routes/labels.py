@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import ADMIN, StoreDep
-from app.api.schemas import PseudoLabelPage, StoredPseudoLabel
+from app.api.schemas import MAX_ROW_ID, MAX_VERSION, PseudoLabelPage, StoredPseudoLabel
 from app.store.database import Store
 from app.store.pseudo_labels import list_pseudo_labels
 
@@ -22,7 +22,7 @@ class _Filters:
     def __init__(
         self,
         label: str | None = None,
-        model_version: Annotated[int | None, Query(ge=1)] = None,
+        model_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
         min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
         max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
         since: datetime | None = None,
@@ -45,7 +45,7 @@ FiltersDep = Annotated[_Filters, Depends()]
 def labels_page(
     store: StoreDep,
     filters: FiltersDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ):
     """A page of stored pseudo-labels in id order, filtered."""

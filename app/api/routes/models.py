@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path
 
 from app.api.deps import ADMIN, READER, ServerDep, SettingsDep, StoreDep
 from app.api.errors import Conflict, NotFound
-from app.api.schemas import ActiveModelView, ModelView
+from app.api.schemas import MAX_VERSION, ActiveModelView, ModelView
 from app.registry import activate, notify_swap, version_dir
 from app.store import registry as versions
 
@@ -43,7 +43,7 @@ async def activate_version(
     store: StoreDep,
     server: ServerDep,
     settings: SettingsDep,
-    version: int = Path(ge=1, description="The version to serve."),
+    version: int = Path(ge=1, le=MAX_VERSION, description="The version to serve."),
 ):
     """Serve `version` (a rollback, or a rejected candidate chosen by hand)."""
     with store.session() as session:
