@@ -206,3 +206,56 @@ def test_stale_running_job_is_marked_failed(ready):
     assert fail_stale_jobs(settings.model_copy(update={"job_stale_seconds": 60}), store) == 1
     job = _job(store, job_id)
     assert job.status == "failed" and "worker lost" in job.error
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_publishers_exactly_one_wins(settings: Settings, backend, request):
+    """Two jobs finishing at the same moment against the same champion: the activation
+    lock lets exactly one publish; the other is told the champion changed."""
+    import threading
+
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        settings = settings.model_copy(update={"database_url": url})
+    store = Store(settings.store_url)
+
+    def save(folder):
+        (folder / "config.json").write_text("{}")
+
+    def make() -> int:
+        return write_version(
+            settings,
+            store,
+            save,
+            labels=["a"],
+            parent_version=None,
+            job_id=None,
+            metrics={},
+            lineage={},
+            decision="published",
+        )
+
+    champion = make()
+    activate_if_champion(store, champion, None, "first")
+    candidates = [make() for _ in range(6)]
+    outcomes: dict[int, str] = {}
+    barrier = threading.Barrier(len(candidates))
+
+    def publish(version: int) -> None:
+        barrier.wait()
+        try:
+            activate_if_champion(store, version, champion, "race")
+            outcomes[version] = "won"
+        except PublishConflict:
+            outcomes[version] = "conflict"
+
+    threads = [threading.Thread(target=publish, args=(v,)) for v in candidates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    winners = [v for v, o in outcomes.items() if o == "won"]
+    assert len(outcomes) == len(candidates) and len(winners) == 1, outcomes
+    with store.session() as s:
+        assert versions.active_version(s) == winners[0]
+    store.dispose()
