@@ -7,13 +7,24 @@ small and forks before any OpenMP thread pool exists.
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
+
+from celery.signals import worker_process_init
 
 from app.core.config import get_settings
 from app.store.database import Store
 from workers.celery_app import celery_app
 
 log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _lower_priority(**_kwargs: object) -> None:
+    """Training in the pool process yields the CPU to an API process on the same machine."""
+    nice = get_settings().worker_nice
+    if nice:
+        os.nice(nice)
 
 
 @lru_cache

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     infer_queue_limit: int = Field(
         2048, description="Most texts waiting for the model; past it /label answers 429."
     )
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of worker pool processes (training): higher leaves the CPU to "
+        "serving on a shared machine.",
+    )
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod
