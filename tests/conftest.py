@@ -132,16 +132,6 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]
             s.dispose()
 
 
-@pytest.fixture
-def published(settings: Settings, store: Store) -> int:
-    """Gold data imported and a first model (fine-tuned tiny BERT) active as v1."""
-    from workers.bootstrap import bootstrap_first_model
-
-    version = bootstrap_first_model(settings, store)
-    assert version == 1
-    return version
-
-
 @pytest.fixture(scope="session")
 def published_template(
     tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, gold_file: Path

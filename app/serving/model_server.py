@@ -21,6 +21,7 @@ import torch
 from app.core.config import Settings
 from app.ml.modeling import Classifier, load_classifier
 from app.registry import version_dir
+from app.serving.batching import settle
 from app.store import registry as versions
 from app.store.database import Store
 
@@ -219,18 +220,12 @@ class ModelServer:
             served = self.current
             assert served is not None
             texts = [t for p in pending for t in p.texts]
+            outcome: list[Scored] | BaseException
             try:
-                scored = await loop.run_in_executor(self._infer, self._score, served, texts)
+                outcome = await loop.run_in_executor(self._infer, self._score, served, texts)
             except Exception as exc:
-                for p in pending:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            start = 0
-            for p in pending:
-                if not p.future.done():
-                    p.future.set_result(scored[start : start + len(p.texts)])
-                start += len(p.texts)
+                outcome = exc
+            settle([p.future for p in pending], [len(p.texts) for p in pending], outcome)
 
     def _score(self, served: ServedModel, texts: list[str]) -> list[Scored]:
         labels = served.classifier.labels

@@ -13,6 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from app.serving.batching import settle
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, add_predictions
 
@@ -68,18 +69,12 @@ class StoreWriter:
                 item = self._queue.get_nowait()
                 batch.append(item)
                 rows += len(item.predictions)
+            outcome: list[int] | BaseException
             try:
-                ids = await loop.run_in_executor(self._thread, self._commit, batch)
+                outcome = await loop.run_in_executor(self._thread, self._commit, batch)
             except Exception as exc:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            start = 0
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_result(ids[start : start + len(item.predictions)])
-                start += len(item.predictions)
+                outcome = exc
+            settle([b.future for b in batch], [len(b.predictions) for b in batch], outcome)
 
     def _commit(self, batch: list[_Write]) -> list[int]:
         with self.store.session() as session:
