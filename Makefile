@@ -24,6 +24,7 @@ serve: $(STAMP)
 	$(BIN)/python -m app.cli serve
 
 test: $(STAMP)
+	@test -x /usr/bin/chromium || echo "note: no /usr/bin/chromium: the dashboard's browser test will be skipped (install it: apt-get install -y chromium)"
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -1,10 +1,24 @@
-"""Command line: `python -m app.cli COMMAND` (installed as `pfp`).
+"""Command line: `python -m app.cli COMMAND` (installed as `pfp`); `pfp COMMAND --help`
+explains each command with an example.
 
-serve      everything on one machine: first model if needed, a worker with beat, the API
-api        the API alone (docker-compose's api service)
-worker     a Celery worker (add --beat on a single machine)
-beat       Celery beat, the retraining schedule
-bootstrap  fine-tune and publish the first model if none is active, then exit
+Running the service:
+
+serve        everything on one machine: first model if needed, a worker with beat, the API
+api          the API alone (docker-compose's api service)
+worker       a Celery worker (add --beat on a single machine)
+beat         Celery beat, the retraining schedule
+bootstrap    fine-tune and publish the first model if none is active, then exit
+
+Operating it (over HTTP, against --url / PFP_URL; see app/cli_ops.py):
+
+import-gold  import human labels from a CSV or JSONL file
+label        label every text of a file; predictions to stdout or a file
+export       stored pseudo-labels as JSON lines, CSV or Parquet, filtered
+jobs         list, submit, watch and cancel retraining jobs
+models       list versions, activate one
+
+Exit status: 0 done; 1 the API refused (its message is printed) or a watched job failed;
+2 bad arguments or input file; 3 the service could not be reached.
 """
 
 from __future__ import annotations
@@ -17,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from app import cli_ops
+from app.client import ClientError
 from app.core.config import Settings, get_settings
 
 
@@ -70,6 +86,12 @@ def _bootstrap(settings: Settings) -> None:
     store.dispose()
 
 
+def _quiet(settings: Settings) -> list[str]:
+    # JSON logs: Celery's start-up banner is plain text on stdout; leave it out so that every
+    # line a log shipper reads is JSON.
+    return ["--quiet"] if settings.log_format == "json" else []
+
+
 def _celery_worker_args(settings: Settings, beat: bool) -> list[str]:
     args = [
         sys.executable,
@@ -77,6 +99,7 @@ def _celery_worker_args(settings: Settings, beat: bool) -> list[str]:
         "celery",
         "-A",
         "workers.tasks",
+        *_quiet(settings),
         "worker",
         "--loglevel",
         settings.log_level.upper(),
@@ -160,6 +183,7 @@ def cmd_beat(_args: argparse.Namespace) -> None:
         "celery",
         "-A",
         "workers.tasks",
+        *_quiet(settings),
         "beat",
         "--loglevel",
         settings.log_level.upper(),
@@ -177,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pfp",
         description="A text classification service that pre-trains a better model of itself "
-        "on its own predictions. Configuration comes from environment variables (README).",
+        "on its own predictions. Configuration comes from environment variables (README). "
+        "serve, api, worker, beat and bootstrap run the service; import-gold, label, export, "
+        "jobs and models operate a running one over HTTP (--url, PFP_URL).",
+        epilog="Run `pfp COMMAND --help` for a command's options and an example. Exit status: "
+        "0 done; 1 the API refused or a watched job failed; 2 bad arguments or input; 3 the "
+        "service could not be reached.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run everything on this machine (embedded mode)")
@@ -198,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bootstrap", help="publish the first model if none is active").set_defaults(
         func=cmd_bootstrap
     )
+    cli_ops.add_commands(sub)
     return parser
 
 
@@ -205,8 +235,21 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One log line per request would bury the operator commands' own output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        status = args.func(args)
+    except ClientError as exc:
+        # The API's message (or why it could not be reached) is the whole story: no traceback.
+        print(f"pfp {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_status)
+    except BrokenPipeError:
+        # `pfp export | head`: the reader has gone, which is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

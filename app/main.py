@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -13,13 +12,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
 from app.api.limits import RequestLimits
-from app.api.routes import gold, health, jobs, label, labels, models
+from app.api.routes import gold, health, jobs, label, labels, models, stats
 from app.core.config import Settings, get_settings
+from app.core.logs import RequestIdMiddleware, configure_logging
 from app.core.security import ApiKeys
+from app.dashboard.routes import install_dashboard
 from app.serving.model_server import ModelServer
 from app.serving.store_writer import StoreWriter
 from app.serving.swap_notices import listen_for_swaps
-from app.serving.telemetry import MetricsMiddleware
+from app.serving.telemetry import MetricsMiddleware, app_registry
 from app.store.database import Store
 
 
@@ -32,10 +33,11 @@ def create_app(
     """Build the app. Tests pass their own job queue or model server; production gets the
     Celery app and a ModelServer on the registry."""
     settings = settings or get_settings()
+    # Here, not in lifespan: uvicorn's own start-up lines then come out in the same format.
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(level=settings.log_level.upper())
         store = Store(settings.store_url)
         server = model_server or ModelServer(settings, store)
         queue = job_queue
@@ -46,6 +48,7 @@ def create_app(
         app.state.settings = settings
         app.state.api_keys = ApiKeys.from_settings(settings)
         app.state.store = store
+        app.state.metrics_registry = app_registry(store)
         app.state.model_server = server
         app.state.job_queue = queue
         await server.start()
@@ -82,10 +85,13 @@ def create_app(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
         )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
-    for module in (label, labels, gold, jobs, models, health):
+    app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
+    for module in (label, labels, gold, jobs, models, stats, health):
         app.include_router(module.router)
+    install_dashboard(app)
     return app

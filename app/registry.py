@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SWAP_CHANNEL = "pfp:model-activated"
 METADATA_FILE = "pfp_version.json"
+MODEL_CARD_FILE = "README.md"
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
@@ -62,9 +64,10 @@ def write_version(
 ) -> int:
     """Save a model through `save(folder)` and put it in place as a new version.
 
-    Order: write into a temporary folder, reserve the version number, rename into
-    `v{N}`, then mark the row ready. A crash at any point leaves either a `.tmp-*`
-    folder (swept later) or a row that never became ready, never a partial `v{N}`.
+    Order: write into a temporary folder, reserve the version number, add the metadata
+    and the model card (which need the number), rename into `v{N}`, then mark the row
+    ready. A crash at any point leaves either a `.tmp-*` folder (swept later) or a row
+    that never became ready, never a partial `v{N}` nor one without its card.
     """
     settings.models_path.mkdir(parents=True, exist_ok=True)
     tmp = settings.models_path / f".tmp-{uuid.uuid4().hex}"
@@ -83,6 +86,17 @@ def write_version(
             ).version
         meta = {"version": version, "labels": labels, "metrics": metrics, "lineage": lineage}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        card = model_card(
+            settings,
+            version=version,
+            labels=labels,
+            parent_version=parent_version,
+            job_id=job_id,
+            metrics=metrics,
+            lineage=lineage,
+            decision=decision,
+        )
+        (tmp / MODEL_CARD_FILE).write_text(card)
         _fsync_tree(tmp)
         os.rename(tmp, version_dir(settings, version))
     except BaseException:
@@ -93,6 +107,95 @@ def write_version(
         assert row is not None
         row.state = "ready"
     return version
+
+
+def _without_curves(value: Any) -> Any:
+    """Lineage minus the per-step loss curves: parameters, not a log."""
+    if isinstance(value, dict):
+        return {k: _without_curves(v) for k, v in value.items() if k not in ("loss", "history")}
+    return value
+
+
+def model_card(
+    settings: Settings,
+    *,
+    version: int,
+    labels: list[str],
+    parent_version: int | None,
+    job_id: str | None,
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    decision: str,
+    now: datetime | None = None,
+) -> str:
+    """The README.md of a version folder: a Hugging Face model card (its front matter lets
+    the Hub and `huggingface_hub.ModelCard` read it) with what an operator needs to know
+    about the model without the service: where it came from, how good it is, how to load it."""
+    made_by = f"retraining job `{job_id}`" if job_id else "bootstrap (the first fine-tuning)"
+    how = (
+        "A text classifier made by pfp-service: pre-trained on the service's own predictions "
+        "(masked-LM plus pseudo-label loss), then fine-tuned on gold labels."
+        if lineage.get("kind") == "retrain"
+        else "A text classifier made by pfp-service: the base encoder fine-tuned on gold labels."
+    )
+    parent = f"v{parent_version}" if parent_version is not None else "none (the first model)"
+    rows = [
+        ("version", f"v{version}"),
+        ("parent version", parent),
+        ("made by", made_by),
+        ("job decision", f"{decision} (whether it serves now: `GET /models`)"),
+        ("base model", f"`{settings.base_model_path}`"),
+        ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
+        ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
+        ("written", (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")),
+    ]
+    split_rows = [
+        f"| {split} | {m.get('accuracy', '')} | {m.get('macro_f1', '')} | {m.get('n', '')} |"
+        for split, m in metrics.items()
+        if isinstance(m, dict)
+    ]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- pfp-service",
+        "---",
+        "",
+        f"# pfp-service model v{version}",
+        "",
+        how,
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "## Metrics on the gold data",
+        "",
+        "| split | accuracy | macro-F1 | examples |",
+        "| --- | --- | --- | --- |",
+        *(split_rows or ["| (none) | | | |"]),
+        "",
+        "## Training parameters",
+        "",
+        "```json",
+        json.dumps(_without_curves(lineage), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classify = pipeline("text-classification", model="path/to/v{version}")',
+        'classify("@united thanks for the upgrade!")',
+        "```",
+        "",
+        "`config.json` carries the labels (`id2label`, `label2id`); `pfp_version.json` holds "
+        "these facts as JSON, loss curves included.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -442,3 +442,159 @@ def test_redis_url_names_the_redis_service(service):
     assert url.hostname == "redis", f"service {service}: REDIS_URL host is {url.hostname!r}"
     assert str(services()["redis"]["image"]).startswith("redis"), "service redis is not Redis"
     assert (url.port or 6379) == 6379, f"service {service}: redis listens on 6379"
+
+
+# --- (g) monitoring: Prometheus, Grafana and Flower behind profiles ---------------------
+
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "pfp.json"
+PROFILE_SERVICES = {"prometheus": "monitoring", "grafana": "monitoring", "flower": "flower"}
+# Words of PromQL that are not metric names.
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "inf", "nan",
+}  # fmt: skip
+SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "info": ("_info",),
+}
+
+
+@cache
+def exported_metric_names() -> frozenset[str]:
+    """Every sample name an API process's /metrics can show: the process-wide registry and
+    the store collector, whether or not a labeled series has been observed yet."""
+    from prometheus_client import REGISTRY
+
+    from app.serving.telemetry import StoreCollector
+
+    families = [*REGISTRY.collect(), *StoreCollector.describe(None)]  # type: ignore[arg-type]
+    names = set()
+    for family in families:
+        names |= {family.name + s for s in SAMPLE_SUFFIXES.get(family.type, ("",))}
+        names |= {sample.name for sample in family.samples}
+    return frozenset(names)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (a reading good enough for our dashboard:
+    label matchers, ranges, strings and grouping labels are dropped first)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.:])[A-Za-z_:][\w:]*", expr):  # not 5m, 1e3
+        followed_by = expr[match.end() :].lstrip()[:1]
+        if followed_by != "(" and match.group().lower() not in PROMQL_WORDS:
+            names.add(match.group())
+    return names
+
+
+def dashboard_targets() -> list[tuple[str, dict]]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    flat = [p for panel in panels for p in [panel, *panel.get("panels", [])]]
+    return [(p["title"], t) for p in flat if p.get("type") != "row" for t in p["targets"]]
+
+
+def grafana_provisioning(kind: str) -> dict:
+    [path] = sorted((GRAFANA / "provisioning" / kind).glob("*.yml"))
+    return yaml.safe_load(path.read_text())
+
+
+def test_promql_reader_finds_metric_names():
+    expr = (
+        'histogram_quantile(0.99, sum by (le) (rate(pfp_http_request_seconds_bucket{route=~"/l"}'
+        "[$__rate_interval]))) / on (instance) group_left max(up offset 5m)"
+    )
+    assert promql_metric_names(expr) == {"pfp_http_request_seconds_bucket", "up"}
+
+
+def test_dashboard_queries_only_metrics_the_app_exports():
+    exported = exported_metric_names()
+    assert {"pfp_inference_batch_texts_bucket", "pfp_jobs", "pfp_active_model_info"} <= exported
+    targets = dashboard_targets()
+    assert len(targets) >= 10, "the dashboard has fewer panels than the metrics it should show"
+    used = set()
+    for title, target in targets:
+        names = promql_metric_names(target["expr"])
+        assert names, f"panel {title!r}: {target['expr']!r} selects no metric"
+        unknown = sorted(names - exported)
+        assert not unknown, (
+            f"panel {title!r} queries {unknown}, which /metrics does not export "
+            f"(exported pfp_ names: {sorted(n for n in exported if n.startswith('pfp_'))})"
+        )
+        used |= names
+    for must in ("pfp_inference_batch_texts", "pfp_pseudo_label_confidence", "pfp_jobs"):
+        assert any(name.startswith(must) for name in used), f"no panel shows {must}"
+
+
+def test_dashboard_uses_the_provisioned_datasource():
+    [source] = grafana_provisioning("datasources")["datasources"]
+    assert source["type"] == "prometheus"
+    url = urlsplit(source["url"])
+    assert url.hostname == "prometheus" and url.port == 9090, f"datasource url {source['url']}"
+    for title, target in dashboard_targets():
+        assert target["datasource"]["uid"] == source["uid"], f"panel {title!r}: other datasource"
+
+
+def test_grafana_provisioning_is_mounted_where_grafana_reads_it():
+    grafana = mounts("grafana")
+    provisioning = grafana.get("/etc/grafana/provisioning")
+    assert provisioning, "grafana: nothing mounted at /etc/grafana/provisioning"
+    assert (ROOT / provisioning).resolve() == (GRAFANA / "provisioning").resolve()
+    [provider] = grafana_provisioning("dashboards")["providers"]
+    dashboards_at = provider["options"]["path"]
+    source = grafana.get(dashboards_at)
+    assert source, f"grafana: the dashboards provider reads {dashboards_at}, nothing is mounted"
+    assert (ROOT / source / DASHBOARD.name).resolve() == DASHBOARD.resolve()
+    for service in ("grafana", "prometheus"):
+        for target, host_path in mounts(service).items():
+            if host_path.startswith("."):
+                path = ROOT / host_path.split(":")[0]
+                assert path.exists(), f"{service} mounts {host_path} at {target}: missing"
+
+
+def test_prometheus_scrapes_the_api_port_and_path():
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    prometheus_mounts = mounts("prometheus")
+    assert any(
+        (ROOT / source).resolve() == PROMETHEUS_CONFIG.resolve()
+        for source in prometheus_mounts.values()
+        if source.startswith(".")
+    ), f"prometheus does not mount {PROMETHEUS_CONFIG.relative_to(ROOT)}: {prometheus_mounts}"
+    args = parse_pfp("service api", pfp_commands()["service api"])
+    [job] = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = {
+        f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for name in sd["names"]
+    } | {t for sc in job.get("static_configs", []) for t in sc["targets"]}
+    assert targets == {f"api:{args.port}"}, f"prometheus scrapes {targets}"
+    from app.main import create_app
+
+    app = create_app(Settings(_env_file=None, data_dir=Path("/nonexistent")), job_queue=object())
+    assert "/metrics" in app.openapi()["paths"], "the api serves no /metrics to scrape"
+
+
+def test_profile_services_are_not_started_by_default():
+    for name, spec in services().items():
+        profiles = spec.get("profiles") or []
+        if name in PROFILE_SERVICES:
+            assert profiles == [PROFILE_SERVICES[name]], f"service {name} has profiles {profiles}"
+        else:
+            assert not profiles, f"service {name} is behind profiles {profiles}: not started"
+    for name in set(services()) - set(PROFILE_SERVICES):
+        needs = set(depends_on(name)) & set(PROFILE_SERVICES)
+        assert not needs, f"default service {name} depends on profile services {sorted(needs)}"
+
+
+def test_flower_watches_the_apps_broker():
+    flower = services()["flower"]
+    assert "build" not in flower, "flower uses its own image, not the app's"
+    broker = service_env("flower").get("CELERY_BROKER_URL")
+    for name in sorted(APP_SERVICES):
+        assert broker == service_env(name)["REDIS_URL"], f"flower's broker is not {name}'s"
+    assert service_command("flower")[:2] == ["celery", "flower"]

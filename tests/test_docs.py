@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.core.config import Settings
+from app.core.config import Settings, with_settings_table
 from app.main import create_app
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -14,6 +14,13 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 def test_every_setting_is_in_the_configuration_table():
     missing = [name.upper() for name in Settings.model_fields if name.upper() not in README]
     assert missing == [], f"settings missing from README.md: {missing}"
+
+
+def test_the_configuration_table_is_the_one_generated_from_the_settings():
+    assert with_settings_table(README) == README, (
+        "README.md's configuration table differs from the settings in app/core/config.py; "
+        "regenerate it with `python -m app.core.config --write-readme` (from the checkout root)"
+    )
 
 
 def _shape(path: str) -> str:

@@ -7,8 +7,12 @@ API process and a worker process on one machine.
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
 
+from celery import Celery
+from celery.signals import setup_logging, task_postrun, task_prerun
+
+from app.core import logs
 from app.core.config import Settings, get_settings
 
 # Longer than the longest job: Redis re-delivers an unacknowledged job after this long.
@@ -63,6 +67,24 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
     )
     return app
+
+
+@setup_logging.connect
+def _configure_logging(**_kwargs: Any) -> None:
+    """Worker and beat log like the API (LOG_FORMAT); connecting here stops Celery from
+    installing its own handlers. Pool processes inherit it when they fork."""
+    logs.configure_logging(get_settings())
+
+
+@task_prerun.connect
+def _task_request_id(task_id: str | None = None, **_kwargs: Any) -> None:
+    # A task's lines carry its task id where an API request's carry the request id.
+    logs.request_id.set(task_id or logs.NO_REQUEST)
+
+
+@task_postrun.connect
+def _clear_request_id(**_kwargs: Any) -> None:
+    logs.request_id.set(logs.NO_REQUEST)
 
 
 celery_app = make_celery(get_settings())

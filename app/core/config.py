@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,24 +22,33 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
 
     data_dir: Path = Field(
-        Path("data"), description="Folder for the embedded store, broker and models."
+        Path("data"),
+        description="Folder of the embedded store, broker, beat schedule and (by default) models.",
     )
     database_url: str = Field(
-        "", description="SQLAlchemy URL of the store; empty means SQLite under DATA_DIR."
+        "",
+        description="SQLAlchemy URL of the store, e.g. "
+        "`postgresql+psycopg://user:pw@host:5432/db`; empty: SQLite under DATA_DIR.",
     )
     redis_url: str = Field(
-        "", description="Redis broker and swap-notice channel; empty means the embedded broker."
+        "",
+        description="Redis for the job broker and swap notices, e.g. `redis://host:6379/0`; "
+        "empty: the embedded broker.",
     )
     model_dir: Path | None = Field(
-        None, description="Versioned model folders; empty means DATA_DIR/models."
+        None,
+        description="Versioned model folders, shared by workers and API processes; empty: "
+        "DATA_DIR/models.",
     )
     base_model: str = Field(
-        "", description="HF folder of the base encoder; empty means the packaged all-MiniLM-L6-v2."
+        "",
+        description="Hugging Face encoder or classifier folder to start from; empty: the packaged "
+        "all-MiniLM-L6-v2.",
     )
     bootstrap_gold: str = Field(
         "demo",
-        description="Gold data imported on first start: 'demo' (airline tweets) or a CSV/JSONL "
-        "path.",
+        description="Gold data imported on first start: `demo` (airline tweets) or a CSV/JSONL "
+        "file with `text`, `label` and optional `split`.",
     )
     bootstrap_epochs: float = Field(1.0, description="Fine-tuning epochs for the first model.")
     bootstrap_max_steps: int = Field(
@@ -48,13 +58,19 @@ class Settings(BaseSettings):
     )
     seed: int = Field(13, description="Seed of the demo split and of the first fine-tuning.")
     max_length: int = Field(128, description="Tokens per text at inference and training.")
-    max_text_chars: int = Field(10_000, description="Longest text /label accepts.")
-    max_batch_texts: int = Field(256, description="Most texts in one /label/batch request.")
-    infer_max_batch: int = Field(32, description="Most texts the model server runs at once.")
-    infer_max_wait_ms: float = Field(
-        2.0, description="How long the batcher waits for more requests."
+    max_text_chars: int = Field(
+        10_000, description="Longest text accepted, in characters (413 above)."
     )
-    torch_threads: int = Field(0, description="Torch intra-op threads (0: torch's default).")
+    max_batch_texts: int = Field(256, description="Most texts in one /label/batch request.")
+    infer_max_batch: int = Field(
+        32, description="Micro-batching: most texts in one forward pass of the model."
+    )
+    infer_max_wait_ms: float = Field(
+        2.0, description="Micro-batching: longest wait for more texts before a forward pass."
+    )
+    torch_threads: int = Field(
+        0, description="Intra-op threads of the API's inference (0: torch's default)."
+    )
     swap_poll_seconds: float = Field(
         2.0, description="How often API processes poll the store for a new active model."
     )
@@ -65,21 +81,28 @@ class Settings(BaseSettings):
         1000, description="New pseudo-labels needed since the last job for beat to start one."
     )
     promotion_margin: float = Field(
-        0.0, description="Dev macro-F1 a candidate must gain over the champion to be published."
+        0.0,
+        description="Dev macro-F1 a candidate must gain over the champion to be published (a "
+        "job's default; negative: publish even if slightly worse).",
     )
     job_stale_seconds: float = Field(
         900.0, description="A running job with no heartbeat for this long is marked failed."
     )
-    host: str = Field("127.0.0.1", description="Address uvicorn binds in `serve`.")
-    port: int = Field(8000, description="Port uvicorn binds in `serve`.")
+    host: str = Field("127.0.0.1", description="Address `serve` and `api` listen on.")
+    port: int = Field(8000, description="Port `serve` and `api` listen on.")
     log_level: str = Field("info", description="Log level of the API and workers.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as `text` or `json` (one object per line); both carry the "
+        "request id.",
+    )
     admin_api_keys: str = Field(
         "",
         description="Comma-separated keys for admin endpoints (and labeling); empty: one is "
         "generated into DATA_DIR/admin_api_key and printed once.",
     )
     label_api_keys: str = Field(
-        "", description="Comma-separated keys that may only label and read models."
+        "", description="Comma-separated keys that may only label and read `/models`."
     )
     label_open: bool = Field(False, description="Let /label and /label/batch answer without a key.")
     cors_origins: str = Field(
@@ -87,7 +110,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(4_000_000, description="Largest request body accepted (413 above).")
     infer_queue_limit: int = Field(
-        2048, description="Most texts waiting for the model; past it /label answers 429."
+        2048,
+        description="Most texts waiting for the model; past it /label answers 429 with "
+        "Retry-After.",
     )
     worker_nice: int = Field(
         10,
@@ -124,3 +149,65 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# The README's configuration table is generated between these markers, so it cannot drift
+# from the fields above: `python -m app.core.config --write-readme` rewrites it.
+SETTINGS_TABLE_START = "<!-- settings-table:start -->"
+SETTINGS_TABLE_END = "<!-- settings-table:end -->"
+
+
+def settings_table() -> str:
+    """A Markdown table of every setting: environment variable, default and meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if not field.description:
+            raise ValueError(f"setting {name} has no description: give it Field(description=...)")
+        default = _shown_default(field.get_default(call_default_factory=True))
+        meaning = " ".join(field.description.split()).replace("|", "\\|")
+        rows.append(f"| {name.upper()} | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown_default(value: object) -> str:
+    if value is None or value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"  # 3600, not 3600.0: what one would write in the environment
+    return f"`{value}`"
+
+
+def with_settings_table(markdown: str) -> str:
+    """`markdown` with the text between the settings-table markers replaced by the table."""
+    start, end = markdown.find(SETTINGS_TABLE_START), markdown.find(SETTINGS_TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {SETTINGS_TABLE_START} ... {SETTINGS_TABLE_END} block")
+    start += len(SETTINGS_TABLE_START)
+    return markdown[:start] + "\n" + settings_table() + markdown[end:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m app.core.config`: print the settings table, or rewrite it in the README."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m app.core.config", description=main.__doc__)
+    parser.add_argument(
+        "--write-readme",
+        nargs="?",
+        const="README.md",
+        metavar="PATH",
+        help="replace the table between the settings-table markers in PATH (README.md)",
+    )
+    args = parser.parse_args(argv)
+    if args.write_readme is None:
+        print(settings_table(), end="")
+        return
+    readme = Path(args.write_readme)
+    readme.write_text(with_settings_table(readme.read_text()))
+    print(f"Wrote the settings table into {readme}.")
+
+
+if __name__ == "__main__":
+    main()

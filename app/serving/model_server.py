@@ -22,6 +22,7 @@ from app.core.config import Settings
 from app.ml.modeling import Classifier, load_classifier
 from app.registry import version_dir
 from app.serving.batching import settle
+from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS
 from app.store import registry as versions
 from app.store.database import Store
 
@@ -190,11 +191,13 @@ class ModelServer:
             )
         future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
         self._waiting_texts += len(texts)
+        QUEUE_TEXTS.inc(len(texts))
         try:
             self._queue.put_nowait(_Pending(texts, future))
             return await future
         finally:
             self._waiting_texts -= len(texts)
+            QUEUE_TEXTS.dec(len(texts))
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -232,7 +235,9 @@ class ModelServer:
         out: list[Scored] = []
         step = self.settings.infer_max_batch
         for start in range(0, len(texts), step):
-            logits = served.classifier.logits(texts[start : start + step])
+            chunk = texts[start : start + step]
+            BATCH_TEXTS.observe(len(chunk))
+            logits = served.classifier.logits(chunk)
             probs = logits.softmax(-1)
             for row_logits, row_probs in zip(logits.tolist(), probs.tolist(), strict=True):
                 best = max(range(len(labels)), key=row_probs.__getitem__)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.serving.batching import settle
+from app.serving.telemetry import WRITER_PENDING
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, add_predictions
 
@@ -54,11 +55,13 @@ class StoreWriter:
         """Store `predictions`; returns their ids once committed."""
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._pending += 1
+        WRITER_PENDING.inc()
         try:
             self._queue.put_nowait(_Write(predictions, future))
             return await future
         finally:
             self._pending -= 1
+            WRITER_PENDING.dec()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

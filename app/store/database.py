@@ -9,11 +9,11 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.store.tables import Base
+from app.store.migrations import upgrade_to_head
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine and the tables (idempotent)."""
+    """Create the engine; the schema is the migrations' business (see Store)."""
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
@@ -30,16 +30,24 @@ def make_engine(url: str) -> Engine:
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    Base.metadata.create_all(engine)
     return engine
 
 
 class Store:
-    """Owns the engine; hands out short transactions."""
+    """Owns the engine; hands out short transactions.
+
+    Opening a store upgrades its schema to the newest migration (app/store/migrations),
+    and raises SchemaError for a database that a newer release has upgraded.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        try:
+            upgrade_to_head(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

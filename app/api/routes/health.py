@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +30,8 @@ async def readyz(server: ServerDep, store: StoreDep):
 
 
 @router.get("/metrics")
-def metrics(server: ServerDep):
-    """Prometheus text format."""
+def metrics(request: Request, server: ServerDep):
+    """Prometheus text format: this process's metrics and the store's (README, Monitoring)."""
     telemetry.SERVED_VERSION.set(server.current.version if server.current else 0)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 
 from app.api.deps import LABELER, ServerDep, SettingsDep, WriterDep
@@ -10,8 +12,10 @@ from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, L
 from app.core.config import Settings
 from app.serving.model_server import Scored
 from app.serving.store_writer import StoreWriter
-from app.serving.telemetry import TEXTS_LABELED
+from app.serving.telemetry import CONFIDENCE, TEXTS_LABELED
 from app.store.pseudo_labels import Prediction
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["label"], dependencies=LABELER)
 
@@ -33,8 +37,17 @@ async def _store(writer: StoreWriter, texts: list[str], scored: list[Scored]) ->
             for t, s in zip(texts, scored, strict=True)
         ]
     )
-    for s in scored:
+    for row_id, s in zip(ids, scored, strict=True):
         TEXTS_LABELED.labels(str(s.model_version)).inc()
+        CONFIDENCE.labels(str(s.model_version), s.label).observe(s.confidence)
+        # One line per stored row ties the request id to it; never the text (privacy).
+        log.info(
+            "stored pseudo-label id=%s model_version=%s label=%s",
+            row_id,
+            s.model_version,
+            s.label,
+            extra={"row_id": row_id, "model_version": s.model_version, "label": s.label},
+        )
     return [
         LabelResult(
             id=row_id,
