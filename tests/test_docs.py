@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.core.config import Settings, with_settings_table
+from app.core.config import Settings
 from app.main import create_app
+from app.readme_tables import with_generated_tables
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -16,10 +17,11 @@ def test_every_setting_is_in_the_configuration_table():
     assert missing == [], f"settings missing from README.md: {missing}"
 
 
-def test_the_configuration_table_is_the_one_generated_from_the_settings():
-    assert with_settings_table(README) == README, (
-        "README.md's configuration table differs from the settings in app/core/config.py; "
-        "regenerate it with `python -m app.core.config --write-readme` (from the checkout root)"
+def test_the_settings_and_job_parameter_tables_are_the_generated_ones():
+    assert with_generated_tables(README) == README, (
+        "README.md's configuration or job-parameter table differs from app/core/config.py / "
+        "app/ml/job_params.py; regenerate them with `python -m app.readme_tables "
+        "--write-readme` (from the checkout root)"
     )
 
 

@@ -140,3 +140,17 @@ def test_masking_never_touches_special_tokens_or_padding(tiny_base: Path):
     # Of the chosen tokens about 80% read [MASK].
     mask_share = (masked[chosen] == tokenizer.mask_token_id).float().mean().item()
     assert 0.7 < mask_share < 0.9
+
+
+def test_task_weight_zero_is_masked_lm_only(joint_and_batch):
+    # The TAPT row of the ablation: no labels at all, the loss is the MLM loss alone.
+    joint, _tok, enc, masked, mlm_labels = joint_and_batch
+    out = joint(masked, enc["attention_mask"], mlm_labels, task_weight=0.0)
+    with_task = joint(
+        masked, enc["attention_mask"], mlm_labels, hard_labels=torch.tensor([0, 2, 1])
+    )
+    assert out.task_loss.item() == 0.0
+    assert torch.allclose(out.loss, out.mlm_loss)
+    assert torch.allclose(out.mlm_loss, with_task.mlm_loss)
+    with pytest.raises(ValueError, match="exactly one"):
+        joint(masked, enc["attention_mask"], mlm_labels)

@@ -19,9 +19,9 @@ from typing import Any
 
 from app.core.config import Settings
 from app.ml.job_params import JobParams
-from app.ml.joint import JointModel
-from app.ml.modeling import Classifier, init_classifier, load_classifier, save_classifier
-from app.ml.training import LoopConfig, PretrainConfig, evaluate, fine_tune, pretrain_joint
+from app.ml.method import fine_tune_on_gold, pretrain_on_predictions
+from app.ml.modeling import Classifier, load_classifier, save_classifier
+from app.ml.training import evaluate
 from app.registry import (
     PublishConflict,
     activate_if_champion,
@@ -154,39 +154,14 @@ def _retrain(
     start: Path = (
         settings.base_model_path if params.start_from == "base" else version_dir(settings, champion)
     )
-    model, tokenizer = init_classifier(start, labels)
-    joint = JointModel.from_classifier(model, start)
-
     report.enter("pretraining")
-    pretrain_config = PretrainConfig(
-        epochs=params.pretrain_epochs,
-        max_steps=params.pretrain_max_steps,
-        batch_size=params.batch_size,
-        learning_rate=params.pretrain_learning_rate,
-        max_length=params.max_length,
-        seed=params.seed,
-        mlm_weight=params.mlm_weight,
-        mlm_probability=params.mlm_probability,
-        soft_labels=params.label_mode == "soft",
-        temperature=params.temperature,
-        task_on_clean_input=params.task_input == "clean",
-    )
-    history = pretrain_joint(
-        joint, tokenizer, [t for t, _ in pool], [lg for _, lg in pool], pretrain_config, report
+    model, tokenizer, history = pretrain_on_predictions(
+        start, labels, [t for t, _ in pool], [lg for _, lg in pool], params, report
     )
     _save_history(store, job_id, "pretraining", history.as_dict())
-    del joint  # the MLM head is not part of the served model
 
     report.enter("finetuning")
-    finetune_config = LoopConfig(
-        epochs=params.finetune_epochs,
-        max_steps=params.finetune_max_steps,
-        batch_size=params.batch_size,
-        learning_rate=params.finetune_learning_rate,
-        max_length=params.max_length,
-        seed=params.seed,
-    )
-    history = fine_tune(model, tokenizer, train_texts, train_labels, finetune_config, report)
+    history = fine_tune_on_gold(model, tokenizer, train_texts, train_labels, params, report)
     _save_history(store, job_id, "finetuning", history.as_dict())
 
     report.enter("evaluating")

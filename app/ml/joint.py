@@ -95,25 +95,29 @@ class JointModel(nn.Module):
         mlm_weight: float = 1.0,
         temperature: float = 1.0,
         clean_input_ids: torch.Tensor | None = None,
+        task_weight: float = 1.0,
     ) -> JointOutput:
-        """loss = task loss + mlm_weight * MLM loss, from one encoder pass.
+        """loss = task_weight * task loss + mlm_weight * MLM loss, from one encoder pass.
 
         Task loss: cross-entropy to `hard_labels`, or KL(teacher || student) on the softmax of
         `teacher_logits / temperature` (soft labels). Exactly one of the two is given.
         With `clean_input_ids` the task loss reads the unmasked text in a second pass (the
         variant the paper's ablation favoured); otherwise it reads the masked input.
+        task_weight 0 is plain masked-LM pre-training (the TAPT baseline of the ablation).
         """
-        if (hard_labels is None) == (teacher_logits is None):
+        if task_weight != 0.0 and (hard_labels is None) == (teacher_logits is None):
             raise ValueError("give exactly one of hard_labels and teacher_logits")
         out = self.classifier(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
         task_logits = out.logits
-        if clean_input_ids is not None:
+        if clean_input_ids is not None and task_weight != 0.0:
             task_logits = self.classifier(
                 input_ids=clean_input_ids, attention_mask=attention_mask
             ).logits
-        if hard_labels is not None:
+        if task_weight == 0.0:
+            task_loss = torch.zeros((), device=input_ids.device)
+        elif hard_labels is not None:
             task_loss = F.cross_entropy(task_logits, hard_labels)
         else:
             assert teacher_logits is not None
@@ -129,5 +133,7 @@ class JointModel(nn.Module):
             mlm_logits = self.mlm_head(hidden)
             mlm_loss = F.cross_entropy(mlm_logits, mlm_labels[selected])
         return JointOutput(
-            loss=task_loss + mlm_weight * mlm_loss, task_loss=task_loss, mlm_loss=mlm_loss
+            loss=task_weight * task_loss + mlm_weight * mlm_loss,
+            task_loss=task_loss,
+            mlm_loss=mlm_loss,
         )

@@ -5,10 +5,13 @@ first-model bootstrap and the tests all call these same functions.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,6 +42,9 @@ class LoopConfig:
     max_length: int = 128
     seed: int = 13
     log_every: int = 10
+    # bf16 autocast of the forward pass on the CPU: about 1.7x faster steps where the CPU
+    # has native bf16 (avx512_bf16 / AMX); weights and optimizer state stay fp32.
+    bf16: bool = False
 
     def total_steps(self, n_examples: int) -> int:
         if self.max_steps > 0:
@@ -78,6 +84,22 @@ def length_grouped_batches(
             batches.extend(group[b : b + batch_size] for b in range(0, len(group), batch_size))
         rng.shuffle(batches)
         yield from batches
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU computes bf16 natively; elsewhere autocast emulates it slowly."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _autocast(config: LoopConfig) -> contextlib.AbstractContextManager[object]:
+    if config.bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _encode(
@@ -146,11 +168,12 @@ def fine_tune(
     for step in range(total):
         batch = next(batches)
         encoded = _pad(tokenizer, [ids[i] for i in batch])
-        out = model(
-            input_ids=encoded["input_ids"],
-            attention_mask=encoded["attention_mask"],
-            labels=targets[batch],
-        )
+        with _autocast(config):
+            out = model(
+                input_ids=encoded["input_ids"],
+                attention_mask=encoded["attention_mask"],
+                labels=targets[batch],
+            )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -169,6 +192,7 @@ class PretrainConfig(LoopConfig):
     """The joint pre-training step (3 of the method)."""
 
     mlm_weight: float = 1.0
+    task_weight: float = 1.0  # 0: masked-LM only (task-adaptive pre-training)
     mlm_probability: float = 0.15
     soft_labels: bool = False
     temperature: float = 1.0
@@ -214,16 +238,18 @@ def pretrain_joint(
         masked, mlm_labels = mask_tokens(
             encoded["input_ids"], special, tokenizer, config.mlm_probability, generator
         )
-        out = joint(
-            input_ids=masked,
-            attention_mask=encoded["attention_mask"],
-            mlm_labels=mlm_labels,
-            hard_labels=None if config.soft_labels else hard[batch],
-            teacher_logits=logits[batch] if config.soft_labels else None,
-            mlm_weight=config.mlm_weight,
-            temperature=config.temperature,
-            clean_input_ids=encoded["input_ids"] if config.task_on_clean_input else None,
-        )
+        with _autocast(config):
+            out = joint(
+                input_ids=masked,
+                attention_mask=encoded["attention_mask"],
+                mlm_labels=mlm_labels,
+                hard_labels=None if config.soft_labels else hard[batch],
+                teacher_logits=logits[batch] if config.soft_labels else None,
+                mlm_weight=config.mlm_weight,
+                temperature=config.temperature,
+                clean_input_ids=encoded["input_ids"] if config.task_on_clean_input else None,
+                task_weight=config.task_weight,
+            )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(joint.parameters(), 1.0)
         optimizer.step()

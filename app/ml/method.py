@@ -1,0 +1,84 @@
+"""Steps 3 and 4 of the method, driven by a job's parameters: joint pre-training on the
+pseudo-labels, then fine-tuning on the gold labels. The retraining job and the ablation
+(`pfp repro`) both call these, so the table measures exactly what the workers run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from app.ml.job_params import JobParams
+from app.ml.joint import JointModel
+from app.ml.modeling import init_classifier
+from app.ml.training import (
+    LoopConfig,
+    LossHistory,
+    PretrainConfig,
+    ProgressFn,
+    fine_tune,
+    pretrain_joint,
+)
+
+
+def pretrain_config(params: JobParams) -> PretrainConfig:
+    return PretrainConfig(
+        epochs=params.pretrain_epochs,
+        max_steps=params.pretrain_max_steps,
+        batch_size=params.batch_size,
+        learning_rate=params.pretrain_learning_rate,
+        max_length=params.max_length,
+        seed=params.seed,
+        bf16=params.use_bf16(),
+        mlm_weight=params.mlm_weight,
+        task_weight=params.task_weight,
+        mlm_probability=params.mlm_probability,
+        soft_labels=params.label_mode == "soft",
+        temperature=params.temperature,
+        task_on_clean_input=params.task_input == "clean",
+    )
+
+
+def finetune_config(params: JobParams) -> LoopConfig:
+    return LoopConfig(
+        epochs=params.finetune_epochs,
+        max_steps=params.finetune_max_steps,
+        batch_size=params.batch_size,
+        learning_rate=params.finetune_learning_rate,
+        max_length=params.max_length,
+        seed=params.seed,
+        bf16=params.use_bf16(),
+    )
+
+
+def pretrain_on_predictions(
+    start: Path,
+    labels: list[str],
+    texts: Sequence[str],
+    teacher_logits: Sequence[Sequence[float]],
+    params: JobParams,
+    progress: ProgressFn,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossHistory]:
+    """Model C: the encoder at `start` (the base encoder or a classifier) pre-trained with
+    the joint loss on (texts, teacher_logits). The MLM head is dropped afterwards: it is not
+    part of the served model."""
+    model, tokenizer = init_classifier(start, labels)
+    joint = JointModel.from_classifier(model, start)
+    history = pretrain_joint(
+        joint, tokenizer, texts, teacher_logits, pretrain_config(params), progress
+    )
+    return model, tokenizer, history
+
+
+def fine_tune_on_gold(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    params: JobParams,
+    progress: ProgressFn,
+) -> LossHistory:
+    """Model D: fine-tune (in place) on the gold train split."""
+    return fine_tune(model, tokenizer, texts, labels, finetune_config(params), progress)

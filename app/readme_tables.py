@@ -1,0 +1,82 @@
+"""The README's generated tables: the settings (environment variables) and the job
+parameters, rendered from their pydantic models so the manual cannot drift from the code.
+
+`python -m app.readme_tables` prints them; `--write-readme` rewrites each one between its
+markers in README.md (`<!-- settings-table:start -->` ... `<!-- settings-table:end -->`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from app.core.config import Settings
+from app.ml.job_params import JobParams
+
+
+def _shown_default(value: object) -> str:
+    if value is None or value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"  # 3600, not 3600.0: what one would write in the environment
+    return f"`{value}`"
+
+
+def fields_table(model: type[BaseModel], header: str, name: Callable[[str], str]) -> str:
+    """One row per field: its name as the user writes it, its default and its description."""
+    rows = [f"| {header} | default | meaning |", "| --- | --- | --- |"]
+    for field_name, field in model.model_fields.items():
+        if not field.description:
+            raise ValueError(
+                f"{model.__name__}.{field_name} has no description: give it Field(description=...)"
+            )
+        default = _shown_default(field.get_default(call_default_factory=True))
+        meaning = " ".join(field.description.split()).replace("|", "\\|")
+        rows.append(f"| {name(field_name)} | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "settings-table": lambda: fields_table(Settings, "variable", str.upper),
+    "job-params-table": lambda: fields_table(JobParams, "parameter", lambda n: f"`{n}`"),
+}
+
+
+def with_generated_tables(markdown: str) -> str:
+    """`markdown` with the text between each table's markers replaced by the table."""
+    for name, render in TABLES.items():
+        start_marker, end_marker = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        start, end = markdown.find(start_marker), markdown.find(end_marker)
+        if start < 0 or end < start:
+            raise ValueError(f"no {start_marker} ... {end_marker} block")
+        start += len(start_marker)
+        markdown = markdown[:start] + "\n" + render() + markdown[end:]
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.readme_tables", description=__doc__)
+    parser.add_argument(
+        "--write-readme",
+        nargs="?",
+        const="README.md",
+        metavar="PATH",
+        help="replace every generated table in PATH (README.md)",
+    )
+    args = parser.parse_args(argv)
+    if args.write_readme is None:
+        for render in TABLES.values():
+            print(render())
+        return
+    readme = Path(args.write_readme)
+    readme.write_text(with_generated_tables(readme.read_text()))
+    print(f"Wrote {', '.join(TABLES)} into {readme}.")
+
+
+if __name__ == "__main__":
+    main()
