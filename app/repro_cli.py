@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -49,7 +50,30 @@ def add_command(sub: Any) -> None:
         "baseline and the best method row",
     )
     repro.add_argument("--curve-sizes", help="comma-separated sizes for --curve")
+    repro.add_argument(
+        "--in-domain-pool",
+        action="store_true",
+        help="leave the out-of-domain texts out of the pool",
+    )
+    repro.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a job parameter for every row (a row's own settings still win), e.g. "
+        "--param mlm_weight=0.1",
+    )
     repro.set_defaults(func=cmd_repro)
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r} is not K=V")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value  # a bare word: label_mode=hard
 
 
 def _ints(text: str) -> list[int]:
@@ -60,6 +84,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from app.ml.job_params import JobParams
     from app.ml.repro import VARIANTS_BY_NAME, ReproConfig, run
 
     overrides: dict[str, Any] = {}
@@ -83,6 +108,15 @@ def cmd_repro(args: argparse.Namespace) -> int:
                 f"pfp repro: unknown rows {unknown}; choose from {list(VARIANTS_BY_NAME)}",
                 file=sys.stderr,
             )
+            return 2
+    if args.in_domain_pool:
+        overrides["in_domain_pool_only"] = True
+    if args.param:
+        try:
+            overrides["job_params"] = dict(_param(p) for p in args.param)
+            JobParams.model_validate(overrides["job_params"])
+        except ValueError as exc:
+            print(f"pfp repro: error: bad --param: {exc}", file=sys.stderr)
             return 2
     if args.curve or args.curve_sizes:
         overrides["curve_sizes"] = _ints(args.curve_sizes or "500,1000,2000,4000")

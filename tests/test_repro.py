@@ -84,7 +84,21 @@ def test_repro_refuses_what_it_cannot_run(tiny_base: Path, tmp_path: Path, capsy
     assert "distinct labeled texts" in capsys.readouterr().err
     assert _run([*argv, "--rows", "baseline,magic"]) == 2
     assert "unknown rows ['magic']" in capsys.readouterr().err
+    assert _run([*argv, "--param", "mlm_weight=-1"]) == 2
+    assert "bad --param" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_in_domain_pool_and_job_parameters_for_every_row(tiny_base: Path, tmp_path: Path):
+    out = tmp_path / "repro"
+    argv = ["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out), "--seeds", "1"]
+    argv += ["--rows", "soft_mlm", "--in-domain-pool", "--param", "pretrain_max_steps=3"]
+    assert _run(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    pool = result["seeds"][0]["pool"]
+    assert pool["in_domain"] == pool["texts"] == 200
+    assert pool["pseudo_label_accuracy_out_of_domain"] is None
+    assert result["config"]["job_params"] == {"pretrain_max_steps": 3}
 
 
 def test_splits_do_not_overlap_and_rows_are_job_parameters():

@@ -111,6 +111,8 @@ class ReproConfig:
     data_seed: int = 13
     curve_sizes: list[int] = field(default_factory=list)  # e.g. [500, 1000, 2000, 4000]
     curve_variant: str = ""  # "" = the best method row of this run
+    in_domain_pool_only: bool = False  # leave the out-of-domain texts out of the pool
+    job_params: dict[str, Any] = field(default_factory=dict)  # for every row, under its own
 
     @classmethod
     def quick(cls, **overrides: Any) -> ReproConfig:
@@ -135,6 +137,7 @@ class ReproConfig:
             "max_length": self.max_length,
             "seed": seed,
             "precision": self.precision,
+            **self.job_params,
         }
         values.update(overrides)
         return JobParams.model_validate(values)
@@ -213,8 +216,9 @@ def run_seed(
     rest = list(data.in_domain)
     rng.shuffle(rest)
     labeled, unlabeled = rest[: config.labeled_size], rest[config.labeled_size :]
+    out_of_domain = [] if config.in_domain_pool_only else data.out_of_domain
     candidates = [(t, lbl, True) for t, lbl in unlabeled] + [
-        (t, lbl, False) for t, lbl in data.out_of_domain
+        (t, lbl, False) for t, lbl in out_of_domain
     ]
     pool = rng.sample(candidates, min(config.pool_size, len(candidates)))
     train_texts, train_labels = [t for t, _ in labeled], [lbl for _, lbl in labeled]
