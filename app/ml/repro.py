@@ -47,7 +47,7 @@ class Variant:
 
     name: str
     description: str
-    kind: str = "method"  # baseline | self_training | method
+    kind: str = "method"  # baseline | long_baseline | self_training | method
     overrides: dict[str, Any] = field(default_factory=dict)
     from_teacher: bool = False
 
@@ -83,6 +83,11 @@ VARIANTS = [
         "method: soft labels + MLM, started from the teacher",
         overrides={"label_mode": "soft"},
         from_teacher=True,
+    ),
+    Variant(
+        "baseline_long",
+        "fine-tune on the labeled set only, as many steps as the method's two stages",
+        "long_baseline",
     ),
 ]
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
@@ -235,6 +240,7 @@ def run_seed(
     # The teacher, B: also the baseline row.
     started = time.monotonic()
     params = config.params(seed)
+    torch.manual_seed(seed)  # the new head's initialisation: each row starts from the same
     teacher, tokenizer = init_classifier(base, data.labels)
     history = fine_tune_on_gold(
         teacher, tokenizer, train_texts, train_labels, params, stage("baseline: fine-tune")
@@ -283,16 +289,19 @@ def run_seed(
                 continue
             started = time.monotonic()
             params = config.params(seed, **variant.overrides)
+            # Every row draws its new weights from the same seed, whichever rows ran before:
+            # `--rows X` gives the same X as the whole table.
+            torch.manual_seed(seed)
             row: dict[str, Any] = {}
-            if variant.kind == "self_training":
+            if variant.kind in ("self_training", "long_baseline"):
                 keep = [
                     (t, p)
                     for t, p, c in zip(pool_texts, predicted, confidence, strict=True)
-                    if c >= config.self_training_confidence
+                    if variant.kind == "self_training" and c >= config.self_training_confidence
                 ]
                 model, tok = init_classifier(base, data.labels)
                 loop = finetune_config(params)
-                # Same number of training steps as the method's two stages together.
+                # As many steps as the method's two stages together: the same compute.
                 pretrain_steps = math.ceil(config.pretrain_epochs * len(pool) / config.batch_size)
                 loop.max_steps = loop.total_steps(len(labeled)) + pretrain_steps
                 history = fine_tune(
@@ -303,7 +312,8 @@ def run_seed(
                     loop,
                     stage(f"{name}: fine-tune"),
                 )
-                row["pseudo_labels_kept"] = len(keep)
+                if variant.kind == "self_training":
+                    row["pseudo_labels_kept"] = len(keep)
                 row["finetune_loss"] = history.loss[-1]
             else:
                 start = teacher_dir if variant.from_teacher else base
