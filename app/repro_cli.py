@@ -121,7 +121,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
     if args.curve or args.curve_sizes:
         overrides["curve_sizes"] = _ints(args.curve_sizes or "500,1000,2000,4000")
     config = ReproConfig.quick(**overrides) if args.quick else ReproConfig(**overrides)
-    torch.set_num_threads(int(os.environ.get("TORCH_THREADS") or os.cpu_count() or 1))
+    if os.environ.get("TORCH_THREADS"):  # as for the service; torch's default is every core
+        torch.set_num_threads(int(os.environ["TORCH_THREADS"]))
 
     bar: tqdm | None = None
     started = time.monotonic()
