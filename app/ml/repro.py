@@ -100,7 +100,7 @@ VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
 
 @dataclass
 class ReproConfig:
-    """Sizes and steps of a run. The defaults fit the full table (8 rows x 3 seeds) into
+    """Sizes and steps of a run. The defaults fit the full table (9 rows x 3 seeds) into
     the hour that issue 3 allows on a 2-core CPU; `quick()` is the few-minute smoke run."""
 
     gold_file: Path | None = None  # None: the demo airline tweets
