@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,15 +24,27 @@ from app.ml.training import (
 )
 
 
+def _loop(params: JobParams, epochs: float, max_steps: int, learning_rate: float) -> dict[str, Any]:
+    """What both stages take from the job's parameters; only their length and rate differ."""
+    return {
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": params.batch_size,
+        "max_length": params.max_length,
+        "seed": params.seed,
+        "bf16": params.use_bf16(),
+    }
+
+
 def pretrain_config(params: JobParams) -> PretrainConfig:
     return PretrainConfig(
-        epochs=params.pretrain_epochs,
-        max_steps=params.pretrain_max_steps,
-        batch_size=params.batch_size,
-        learning_rate=params.pretrain_learning_rate,
-        max_length=params.max_length,
-        seed=params.seed,
-        bf16=params.use_bf16(),
+        **_loop(
+            params,
+            params.pretrain_epochs,
+            params.pretrain_max_steps,
+            params.pretrain_learning_rate,
+        ),
         mlm_weight=params.mlm_weight,
         task_weight=params.task_weight,
         mlm_probability=params.mlm_probability,
@@ -43,13 +56,12 @@ def pretrain_config(params: JobParams) -> PretrainConfig:
 
 def finetune_config(params: JobParams) -> LoopConfig:
     return LoopConfig(
-        epochs=params.finetune_epochs,
-        max_steps=params.finetune_max_steps,
-        batch_size=params.batch_size,
-        learning_rate=params.finetune_learning_rate,
-        max_length=params.max_length,
-        seed=params.seed,
-        bf16=params.use_bf16(),
+        **_loop(
+            params,
+            params.finetune_epochs,
+            params.finetune_max_steps,
+            params.finetune_learning_rate,
+        )
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import random
 import statistics
@@ -32,7 +31,12 @@ import torch
 
 from app.ml.data import AIRLINE_HANDLES, deduplicate, read_demo_corpus, read_gold_file
 from app.ml.job_params import JobParams
-from app.ml.method import fine_tune_on_gold, finetune_config, pretrain_on_predictions
+from app.ml.method import (
+    fine_tune_on_gold,
+    finetune_config,
+    pretrain_config,
+    pretrain_on_predictions,
+)
 from app.ml.modeling import Classifier, init_classifier, save_classifier
 from app.ml.training import ProgressFn, evaluate, fine_tune
 
@@ -307,8 +311,9 @@ def run_seed(
                 model, tok = init_classifier(base, data.labels)
                 loop = finetune_config(params)
                 # As many steps as the method's two stages together: the same compute.
-                pretrain_steps = math.ceil(config.pretrain_epochs * len(pool) / config.batch_size)
-                loop.max_steps = loop.total_steps(len(labeled)) + pretrain_steps
+                loop.max_steps = loop.total_steps(len(labeled)) + pretrain_config(
+                    params
+                ).total_steps(len(pool))
                 history = fine_tune(
                     model,
                     tok,
