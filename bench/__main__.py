@@ -1,14 +1,17 @@
-"""`python -m bench [--quick]`: measure the service against its baselines in one run.
+"""`python -m bench [--quick] [--parts 1,3]`: measure the service against its baselines.
 
-1. ceiling: the bare batched forward pass, in-process, per batch size (fp32 and int8);
+1. ceiling: the bare batched forward pass, in-process, per batch size, for each form of
+   the model (fp32, int8 dynamic quantization, torch.compile, ONNX Runtime), with the
+   test macro-F1 of each;
 2. naive: a transformers pipeline behind FastAPI, one request at a time;
 3. ours: `/label` and `/label/batch` at several concurrencies, from a separate client;
 4. swap under load: a model published while two API processes serve;
-5. serving while a training job runs on the same machine;
+5. serving while a training job runs on the same machine, per way the worker yields;
 6. training: our joint step against a naive one on the same batches.
 
 The service is started as a user would (`pfp api`, `pfp worker`), on loopback. Results go
-to bench-results/bench.json and a Markdown table on stdout.
+to bench-results/bench.json, a Markdown table on stdout and, for a full run, the README's
+benchmark table.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 
 from app.core.config import Settings
 from app.ml.data import demo_gold
-from app.ml.modeling import Classifier, load_classifier
+from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import activate_if_champion, notify_swap, version_dir, write_version
 from app.store import registry as versions
 from app.store.database import Store
@@ -134,13 +137,6 @@ def measure_ceiling(
             "ms_per_batch": round(1000 * elapsed * size / done, 2),
         }
     return out
-
-
-def quantized(classifier: Classifier) -> Classifier:
-    model = torch.ao.quantization.quantize_dynamic(
-        classifier.model, {torch.nn.Linear}, dtype=torch.qint8
-    )
-    return Classifier(model, classifier.tokenizer, classifier.labels, classifier.max_length)
 
 
 def publish_copy(settings: Settings, store: Store) -> int:
@@ -260,149 +256,177 @@ def latency_summary(load: LoadResult, since: float = 0.0, until: float = 1e9) ->
     return round(window[min(len(window) - 1, int(0.99 * len(window)))] * 1000, 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="a tiny model and short runs (a smoke test)"
-    )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
-    args = parser.parse_args()
-    quick = args.quick
-    seconds = 1.0 if quick else 6.0
-    out: Path = args.out
-    shutil.rmtree(out / "data", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+# Ways a worker can share the machine with serving (part 5): the first is the baseline.
+WORKER_SETUPS: dict[str, dict[str, str]] = {
+    "nice 0": {"WORKER_NICE": "0", "WORKER_SCHED_IDLE": "false"},
+    "nice 19": {"WORKER_NICE": "19", "WORKER_SCHED_IDLE": "false"},
+    "SCHED_IDLE": {"WORKER_NICE": "19", "WORKER_SCHED_IDLE": "true"},
+    "SCHED_IDLE, 1 thread": {
+        "WORKER_NICE": "19",
+        "WORKER_SCHED_IDLE": "true",
+        "WORKER_TORCH_THREADS": "1",
+    },
+}
 
-    base = build_tiny_bert(out / "tiny-base") if quick else None
-    env_values: dict[str, Any] = {
-        "DATA_DIR": out / "data",
-        "ADMIN_API_KEYS": KEY,
-        "BOOTSTRAP_MAX_STEPS": 10 if quick else 60,
-        "MAX_LENGTH": 64,
-        "SWAP_POLL_SECONDS": 1,
-        "HF_HUB_OFFLINE": 1,
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": 1,
-    }
-    if quick:
-        # A tiny model and 600 demo tweets: the smoke test checks that every part runs.
-        env_values["BASE_MODEL"] = base
-        gold_path = out / "gold.jsonl"
-        with gold_path.open("w") as handle:
-            for item in demo_gold(13)[:600]:
-                handle.write(json.dumps({"text": item.text, "label": item.label}) + "\n")
-        env_values["BOOTSTRAP_GOLD"] = gold_path
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-        **{k: str(v) for k, v in env_values.items()},
-    }
-    settings = Settings.model_validate(
-        {k.lower(): str(v) for k, v in env_values.items() if k.lower() in Settings.model_fields}
-    )
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
-        "quick": quick,
-    }
-    gold = demo_gold(13)
-    texts = [g.text for g in gold if g.split == "train"]
-    service = Service(env, out)
-    try:
-        log("bootstrapping a model to serve (a short fine-tune: speed, not quality, is measured)")
-        boot = service.start("bootstrap", "bootstrap")
-        if boot.wait(900) != 0:
-            raise RuntimeError(f"bootstrap failed; see {out}/bootstrap.log")
-        store = Store(settings.store_url)
 
-        log("1. ceiling: bare batched forward pass, in-process")
-        classifier = load_classifier(version_dir(settings, 1), settings.max_length)
-        sizes = [1, 8, 32] if quick else [1, 8, 16, 32, 64]
-        ceiling = measure_ceiling(classifier, texts, sizes, seconds / 2)
-        best = max(ceiling, key=lambda b: ceiling[b]["texts_per_s"])
-        int8 = quantized(classifier)
-        ceiling_int8 = measure_ceiling(int8, texts, [1, best], seconds / 2)
-        dev = [g for g in gold if g.split == "test"][: 200 if quick else 1440]
-        from app.ml.training import evaluate
+class Bench:
+    """The state the parts share: the service's processes, its settings and the data."""
 
-        f1_fp32 = evaluate(classifier, [g.text for g in dev], [g.label for g in dev])["macro_f1"]
-        f1_int8 = evaluate(int8, [g.text for g in dev], [g.label for g in dev])["macro_f1"]
-        results["ceiling"] = {
-            "fp32": ceiling,
-            "int8": ceiling_int8,
-            "best_batch": best,
-            "test_macro_f1": {"fp32": f1_fp32, "int8": f1_int8, "n": len(dev)},
+    def __init__(self, quick: bool, out: Path) -> None:
+        self.quick = quick
+        self.out = out
+        self.seconds = 1.0 if quick else 6.0
+        self.conc = 8 if quick else 32
+        self.base = build_tiny_bert(out / "tiny-base") if quick else None
+        env_values: dict[str, Any] = {
+            "DATA_DIR": out / "data",
+            "ADMIN_API_KEYS": KEY,
+            # Long enough for a model whose test macro-F1 can show what int8 costs.
+            "BOOTSTRAP_MAX_STEPS": 10 if quick else 150,
+            "MAX_LENGTH": 64,
+            "SWAP_POLL_SECONDS": 1,
+            "HF_HUB_OFFLINE": 1,
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": 1,
         }
-        del int8
+        if quick:
+            # A tiny model and 600 demo tweets: the smoke test checks that every part runs.
+            env_values["BASE_MODEL"] = self.base
+            gold_path = out / "gold.jsonl"
+            with gold_path.open("w") as handle:
+                for item in demo_gold(13)[:600]:
+                    handle.write(json.dumps({"text": item.text, "label": item.label}) + "\n")
+            env_values["BOOTSTRAP_GOLD"] = gold_path
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+            **{k: str(v) for k, v in env_values.items()},
+        }
+        self.settings = Settings.model_validate(
+            {k.lower(): v for k, v in self.env.items() if k.lower() in Settings.model_fields}
+        )
+        self.gold = demo_gold(13)
+        self.texts = [g.text for g in self.gold if g.split == "train"]
+        self.service = Service(self.env, out)
+        self.store: Store | None = None
+        self.url: str | None = None
 
+    def bootstrap(self) -> None:
+        log("bootstrapping a model to serve (a short fine-tune)")
+        boot = self.service.start("bootstrap", "bootstrap")
+        if boot.wait(1200) != 0:
+            raise RuntimeError(f"bootstrap failed; see {self.out}/bootstrap.log")
+        self.store = Store(self.settings.store_url)
+
+    def api(self) -> str:
+        if self.url is None:
+            self.url = self.service.api()
+            run_load([self.url], "/label", self.texts, 8, 1.0, headers=HEADERS)  # warm-up
+        return self.url
+
+    def load(self, path: str, concurrency: int, batch: int = 0, **kw: Any) -> LoadResult:
+        return run_load(
+            [self.api()], path, self.texts, concurrency, self.seconds, batch, HEADERS, **kw
+        )
+
+    # -- 1 ----------------------------------------------------------------------------
+
+    def ceiling(self) -> dict[str, Any]:
+        """Every form of the model: texts/s per batch size and test macro-F1."""
+        from app.ml.training import evaluate
+        from bench import variants
+
+        fp32 = load_classifier(version_dir(self.settings, 1), self.settings.max_length)
+        sizes = [1, 8, 32] if self.quick else [1, 8, 16, 32, 64]
+        test = [g for g in self.gold if g.split == "test"][: 200 if self.quick else 1440]
+        forms: dict[str, Any] = {}
+        builders: dict[str, Any] = {
+            "fp32": lambda: fp32,
+            "int8": lambda: quantize_int8(fp32),
+            "torch.compile": lambda: variants.compiled(fp32),
+            "onnxruntime": lambda: variants.onnx_runtime(fp32, self.out / "onnx"),
+        }
+        for name, build in builders.items():
+            log(f"1. ceiling: {name}")
+            try:
+                model = build()
+            except variants.VariantUnavailable as exc:
+                forms[name] = {"unavailable": str(exc)}
+                continue
+            speed = measure_ceiling(model, self.texts, sizes, self.seconds / 2)
+            best = max(speed, key=lambda b: speed[b]["texts_per_s"])
+            f1 = evaluate(model, [g.text for g in test], [g.label for g in test])["macro_f1"]
+            forms[name] = {
+                "by_batch": speed,
+                "best_batch": best,
+                "best_texts_per_s": speed[best]["texts_per_s"],
+                "batch1_ms": speed[1]["ms_per_batch"],
+                "test_macro_f1": round(f1, 4),
+                "setup_seconds": round(getattr(model, "setup_seconds", 0.0), 1),
+            }
+            del model
+        served = self.settings.infer_precision
+        return {"forms": forms, "served": served, "test_n": len(test), **forms[served]}
+
+    # -- 2 ----------------------------------------------------------------------------
+
+    def naive(self) -> dict[str, Any]:
         log("2. naive baseline: pipeline behind FastAPI, one request at a time")
-        naive_port = free_port()
-        naive_env = {**env, "NAIVE_MODEL_DIR": str(version_dir(settings, 1))}
-        naive = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.naive_app:app",
-                "--port",
-                str(naive_port),
-                "--log-level",
-                "warning",
-            ],
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.naive_app:app", "--port", str(port)]
+            + ["--log-level", "warning"],
             cwd=ROOT,
-            env=naive_env,
-            stdout=(out / "naive.log").open("wb"),
+            env={**self.env, "NAIVE_MODEL_DIR": str(version_dir(self.settings, 1))},
+            stdout=(self.out / "naive.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        naive_url = f"http://127.0.0.1:{naive_port}"
-        for _ in range(200):
-            try:
-                httpx.post(f"{naive_url}/label", json={"text": "warm"}, timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        conc = 8 if quick else 32
-        results["naive"] = run_load([naive_url], "/label", texts, conc, seconds).summary()
-        naive.terminate()
-        naive.wait(30)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    httpx.post(f"{url}/label", json={"text": "warm"}, timeout=2)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            return run_load([url], "/label", self.texts, self.conc, self.seconds).summary()
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
+    # -- 3 ----------------------------------------------------------------------------
+
+    def ours(self) -> dict[str, list[dict[str, Any]]]:
         log("3. our service: /label and /label/batch per concurrency")
-        url = service.api()
-        run_load([url], "/label", texts, 8, 1.0, headers=HEADERS)  # warm-up
-        ours: dict[str, list[dict[str, Any]]] = {"/label": [], "/label/batch": []}
-        for c in [1, 8] if quick else [1, 8, 32, 64]:
-            ours["/label"].append(
-                run_load([url], "/label", texts, c, seconds, headers=HEADERS).summary()
-            )
-            ours["/label/batch"].append(
-                run_load(
-                    [url], "/label/batch", texts, c, seconds, batch=16, headers=HEADERS
-                ).summary()
-            )
-        results["service"] = ours
+        rows: dict[str, list[dict[str, Any]]] = {"/label": [], "/label/batch": []}
+        for c in [1, 8] if self.quick else [1, 8, 32, 64]:
+            rows["/label"].append(self.load("/label", c).summary())
+            rows["/label/batch"].append(self.load("/label/batch", c, batch=16).summary())
+        return rows
 
+    # -- 4 ----------------------------------------------------------------------------
+
+    def swap(self) -> dict[str, Any]:
         log("4. swap under load: two API processes, a model published mid-run")
-        url2 = service.api()
+        assert self.store is not None
+        urls = [self.api(), self.service.api()]
+        run_load(urls[1:], "/label", self.texts, 8, 1.0, headers=HEADERS)  # warm-up
         published: dict[str, float] = {}
 
         def publish(elapsed: float) -> None:
-            published["version"] = publish_copy(settings, store)
+            assert self.store is not None
+            published["version"] = publish_copy(self.settings, self.store)
             published["at"] = elapsed
 
         swap = run_load(
-            [url, url2], "/label", texts, conc, seconds * 2.5, headers=HEADERS, during=publish
+            urls, "/label", self.texts, self.conc, self.seconds * 2.5, 0, HEADERS, during=publish
         )
         new = published["version"]
         first_new = {
             u: min((t for t, uu, v in swap.versions if uu == u and v == new), default=None)
-            for u in (url, url2)
+            for u in urls
         }
         swap_done = max((t for t in first_new.values() if t is not None), default=float("nan"))
-        results["swap"] = {
+        return {
             **swap.summary(),
             "published_version": new,
             "seconds_to_first_new_answer": {
@@ -412,91 +436,261 @@ def main() -> None:
             "p99_during_swap_ms": latency_summary(swap, published["at"], swap_done + 1.0),
         }
 
-        log("5. serving while a training job runs (worker at niceness 0, then 10)")
-        idle = run_load([url], "/label", texts, 8, seconds, headers=HEADERS)
-        httpx.post(f"{url}/label/batch", json={"texts": texts[:200]}, headers=HEADERS, timeout=60)
-        steps = 5 if quick else 25
-        while_training: dict[str, Any] = {"idle": idle.summary()}
-        for nice in (0, 10):
-            worker = service.start(f"worker-nice{nice}", "worker", WORKER_NICE=str(nice))
-            job = httpx.post(
-                f"{url}/jobs",
-                headers=HEADERS,
-                json={
-                    "pretrain_max_steps": steps,
-                    "finetune_max_steps": steps,
-                    "promotion_margin": 1.0,
-                    "max_length": 64,
-                },
-            ).json()
-            job_url = f"{url}/jobs/{job['id']}"
-            while httpx.get(job_url, headers=HEADERS).json()["status"] != "running":
-                time.sleep(0.2)
-            busy = run_load([url], "/label", texts, 8, seconds, headers=HEADERS)
-            while httpx.get(job_url, headers=HEADERS).json()["status"] == "running":
-                time.sleep(0.5)
-            while_training[f"training_nice{nice}"] = busy.summary()
-            service.stop_one(worker)
-        results["while_training"] = while_training
-        store.dispose()
-    finally:
-        service.stop()
+    # -- 5 ----------------------------------------------------------------------------
 
-    log("6. training throughput: joint step against a naive one")
-    from app.core.config import packaged_base_model
+    def while_training(self) -> dict[str, Any]:
+        """c=8 on /label with no job, then while a job trains under each WORKER_SETUPS
+        entry (the job is cancelled once measured: only its training steps matter)."""
+        log("5. serving while a training job runs")
+        url = self.api()
+        results: dict[str, Any] = {"idle": self.load("/label", 8).summary()}
+        # Pseudo-labels for the job to pre-train on.
+        httpx.post(
+            f"{url}/label/batch", json={"texts": self.texts[:200]}, headers=HEADERS, timeout=120
+        )
+        setups = dict(list(WORKER_SETUPS.items())[:2]) if self.quick else WORKER_SETUPS
+        for name, setup in setups.items():
+            log(f"5. worker: {name}")
+            worker = self.service.start(f"worker-{len(results)}", "worker", **setup)
+            try:
+                job = httpx.post(
+                    f"{url}/jobs",
+                    headers=HEADERS,
+                    json={"pretrain_max_steps": 1000, "finetune_max_steps": 1000, "max_length": 64},
+                ).json()
+                job_url = f"{url}/jobs/{job['id']}"
+                # Measure once the job is a few steps into its pre-training.
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    view = httpx.get(job_url, headers=HEADERS).json()
+                    if view["status"] not in ("queued", "running"):
+                        raise RuntimeError(f"the bench job ended early: {view}")
+                    if view["stage"] == "pretraining" and view["progress"] > 0.005:
+                        break
+                    time.sleep(0.5)
+                results[name] = self.load("/label", 8).summary()
+                results[name]["setup"] = setup
+                httpx.post(f"{job_url}/cancel", headers=HEADERS)
+                while httpx.get(job_url, headers=HEADERS).json()["status"] == "running":
+                    time.sleep(0.5)
+            finally:
+                self.service.stop_one(worker)
+        return results
 
-    results["training"] = measure_training(
-        base or packaged_base_model(), texts, 2 if quick else 4, 8 if quick else 32, 64
-    )
+    # -- 6 ----------------------------------------------------------------------------
 
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
-    print(render(results))
-    log(f"wrote {out / 'bench.json'}")
+    def training(self) -> dict[str, Any]:
+        log("6. training throughput: joint step against a naive one")
+        from app.core.config import packaged_base_model
+
+        return measure_training(
+            self.base or packaged_base_model(),
+            self.texts,
+            2 if self.quick else 4,
+            8 if self.quick else 32,
+            64,
+        )
+
+
+PARTS = {
+    1: "ceiling",
+    2: "naive",
+    3: "service",
+    4: "swap",
+    5: "while_training",
+    6: "training",
+}
+
+
+def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 4's goals against what this run measured (only those its parts measured)."""
+    out: list[dict[str, Any]] = []
+
+    def goal(name: str, value: float, target: str, met: bool) -> None:
+        out.append({"goal": name, "measured": round(value, 2), "target": target, "met": met})
+
+    label_rows = {row["concurrency"]: row for row in r.get("service", {}).get("/label", [])}
+    c32 = label_rows.get(32) or label_rows.get(8)
+    if "ceiling" in r and c32:
+        ratio = c32["texts_per_s"] / r["ceiling"]["best_texts_per_s"]
+        goal(f"/label c={c32['concurrency']} / ceiling", ratio, ">= 0.90", ratio >= 0.9)
+    if "naive" in r and c32:
+        ratio = c32["texts_per_s"] / r["naive"]["texts_per_s"]
+        goal(f"/label c={c32['concurrency']} / naive", ratio, ">= 2", ratio >= 2)
+    if "ceiling" in r and 1 in label_rows:
+        extra = label_rows[1]["p50_ms"] - r["ceiling"]["batch1_ms"]
+        goal("c=1 p50 - batch-1 forward (ms)", extra, "<= 5", extra <= 5)
+    if "swap" in r:
+        s = r["swap"]
+        goal("failed requests during swap", s["failed"], "0", s["failed"] == 0)
+        ratio = s["p99_during_swap_ms"] / s["p99_steady_ms"]
+        goal("swap p99 / steady p99", ratio, "<= 2", ratio <= 2)
+    if "training" in r:
+        t = r["training"]
+        goal("joint step / naive step (tokens/s)", t["speedup"], ">= 2", t["speedup"] >= 2)
+    return out
+
+
+def load_row(label: str, summary: dict[str, Any]) -> str:
+    """One table row from a LoadResult summary."""
+    s = summary
+    return f"| {label} | {s['texts_per_s']} | {s['p50_ms']} | {s['p99_ms']} | {s['failed']} |"
 
 
 def render(r: dict[str, Any]) -> str:
-    best = r["ceiling"]["best_batch"]
-    ceil = r["ceiling"]["fp32"][best]["texts_per_s"]
     lines = [
         "| measurement | texts/s | p50 ms | p99 ms | failed |",
         "| --- | --- | --- | --- | --- |",
-        f"| ceiling: bare forward, batch {best}, fp32 | {ceil} | | | |",
-        f"| ceiling: batch 1, fp32 | {r['ceiling']['fp32'][1]['texts_per_s']} | {r['ceiling']['fp32'][1]['ms_per_batch']} | | |",
-        f"| ceiling: batch {best}, int8 dynamic | {r['ceiling']['int8'][best]['texts_per_s']} | | | |",
-        f"| naive pipeline, concurrency {r['naive']['concurrency']} | {r['naive']['texts_per_s']} | {r['naive']['p50_ms']} | {r['naive']['p99_ms']} | {r['naive']['failed']} |",
     ]
-    for path, rows in r["service"].items():
+    if "ceiling" in r:
+        c = r["ceiling"]
+        lines += [
+            f"| ceiling: bare forward, {c['served']}, batch {c['best_batch']} "
+            f"| {c['best_texts_per_s']} | | | |",
+            f"| ceiling: bare forward, {c['served']}, batch 1 "
+            f"| {c['by_batch'][1]['texts_per_s']} | {c['batch1_ms']} | | |",
+        ]
+    if "naive" in r:
+        n = r["naive"]
+        lines.append(load_row(f"naive pipeline, concurrency {n['concurrency']}", n))
+    for path, rows in r.get("service", {}).items():
         for row in rows:
-            lines.append(
-                f"| ours {path}, concurrency {row['concurrency']} | {row['texts_per_s']} | {row['p50_ms']} | {row['p99_ms']} | {row['failed']} |"
-            )
-    s = r["swap"]
-    lines.append(
-        f"| swap under load (2 API processes, c={s['concurrency']}) | {s['texts_per_s']} | {s['p50_ms']} | {s['p99_ms']} | {s['failed']} |"
-    )
-    w = r["while_training"]
-    lines.append(
-        f"| c=8 idle | {w['idle']['texts_per_s']} | {w['idle']['p50_ms']} | {w['idle']['p99_ms']} | {w['idle']['failed']} |"
-    )
-    for nice in (0, 10):
-        b = w[f"training_nice{nice}"]
-        lines.append(
-            f"| c=8 while a job trains, worker nice {nice} | {b['texts_per_s']} | {b['p50_ms']} | {b['p99_ms']} | {b['failed']} |"
-        )
-    t = r["training"]
-    f1 = r["ceiling"]["test_macro_f1"]
-    extra = [
-        "",
-        f"swap: p99 steady {s['p99_steady_ms']} ms, during swap {s['p99_during_swap_ms']} ms; "
-        f"publish to first answer from v{s['published_version']}: {s['seconds_to_first_new_answer']}",
-        f"int8 dynamic quantization: test macro-F1 {f1['fp32']} (fp32) vs {f1['int8']} (int8) on {f1['n']} texts",
-        f"training (batch {t['batch']}): ours {t['ours']['tokens_per_s']} tokens/s, naive {t['naive']['tokens_per_s']} tokens/s, speed-up {t['speedup']}x",
-    ]
-    if "ours_bf16" in t:
+            lines.append(load_row(f"ours {path}, concurrency {row['concurrency']}", row))
+    if "swap" in r:
+        s = r["swap"]
+        lines.append(load_row(f"swap under load (2 API processes, c={s['concurrency']})", s))
+    for name, b in r.get("while_training", {}).items():
+        label = "c=8, no job" if name == "idle" else f"c=8 while a job trains, worker {name}"
+        lines.append(load_row(label, b))
+    extra = [""]
+    if "ceiling" in r:
+        extra += ["| form of the model | best batch | texts/s | batch 1 ms | test macro-F1 |"]
+        extra += ["| --- | --- | --- | --- | --- |"]
+        for name, f in r["ceiling"]["forms"].items():
+            if "unavailable" in f:
+                extra.append(f"| {name} | unavailable: {f['unavailable']} | | | |")
+            else:
+                setup = f" (setup {f['setup_seconds']} s)" if f["setup_seconds"] else ""
+                extra.append(
+                    f"| {name}{setup} | {f['best_batch']} | {f['best_texts_per_s']} "
+                    f"| {f['batch1_ms']} | {f['test_macro_f1']} |"
+                )
+        extra.append("")
+    if "swap" in r:
+        s = r["swap"]
         extra.append(
-            f"training, ours with bf16 autocast: {t['ours_bf16']['tokens_per_s']} tokens/s, speed-up {t['speedup_bf16']}x over naive fp32"
+            f"- swap: p99 steady {s['p99_steady_ms']} ms, during the swap "
+            f"{s['p99_during_swap_ms']} ms; publish to first answer from "
+            f"v{s['published_version']}: "
+            + ", ".join(f"{t} s" for t in s["seconds_to_first_new_answer"].values())
         )
+    if "training" in r:
+        t = r["training"]
+        extra.append(
+            f"- training step (batch {t['batch']}): ours {t['ours']['tokens_per_s']} tokens/s, "
+            f"naive {t['naive']['tokens_per_s']} tokens/s, {t['speedup']}x"
+            + (
+                f"; ours under bf16 autocast {t['ours_bf16']['tokens_per_s']} tokens/s "
+                f"({t['speedup_bf16']}x)"
+                if "ours_bf16" in t
+                else ""
+            )
+        )
+    if r.get("goals"):
+        extra += ["", "| goal (issue 4) | measured | target | met |", "| --- | --- | --- | --- |"]
+        for g in r["goals"]:
+            extra.append(
+                f"| {g['goal']} | {g['measured']} | {g['target']} | {'yes' if g['met'] else 'NO'} |"
+            )
     return "\n".join(lines + extra)
+
+
+README_START = "<!-- bench:start (written by make bench) -->"
+README_END = "<!-- bench:end -->"
+
+
+def write_readme(r: dict[str, Any], readme: Path) -> None:
+    """Put this run's table between the README's bench markers."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        log(f"{readme} has no bench markers; table not written there")
+        return
+    m = r["machine"]
+    header = (
+        f"One run, {r['finished']}, on {m['cpu']} ({m['cpus']} cores, torch {m['torch']}, "
+        f"serving {r.get('ceiling', {}).get('served', '?')}; the client shares the cores):"
+    )
+    before, rest = text.split(README_START, 1)
+    after = rest.split(README_END, 1)[1]
+    readme.write_text(f"{before}{README_START}\n{header}\n\n{render(r)}\n{README_END}{after}")
+    log(f"wrote the table into {readme}")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny model and short runs (a smoke test)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument(
+        "--parts",
+        default="1,2,3,4,5,6",
+        help="which parts to run, e.g. 1,3 ("
+        + ", ".join(f"{k}: {v}" for k, v in PARTS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not write the table into README.md"
+    )
+    args = parser.parse_args()
+    parts = sorted({int(p) for p in args.parts.split(",")})
+    if not set(parts) <= set(PARTS):
+        parser.error(f"--parts takes numbers from {sorted(PARTS)}")
+    out: Path = args.out
+    shutil.rmtree(out / "data", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    bench = Bench(args.quick, out)
+    results: dict[str, Any] = {
+        "machine": {
+            "cpu": cpu_name(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "quick": args.quick,
+        "parts": parts,
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    try:
+        if set(parts) & {1, 2, 3, 4, 5}:
+            bench.bootstrap()
+        for number in parts:
+            name = PARTS[number]
+            method = {"service": bench.ours}.get(name) or getattr(bench, name)
+            results[name] = method()
+    finally:
+        bench.service.stop()
+        if bench.store is not None:
+            bench.store.dispose()
+    results["goals"] = goals(results)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+    log(f"wrote {out / 'bench.json'}")
+    if not args.quick and not args.no_readme and parts == sorted(PARTS):
+        write_readme(results, ROOT / "README.md")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,16 @@ def test_quick_bench_runs_every_part(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
     assert {"ceiling", "naive", "service", "swap", "while_training", "training"} <= set(results)
+    forms = results["ceiling"]["forms"]
+    assert {"fp32", "int8", "torch.compile", "onnxruntime"} == set(forms)
+    for name in ("fp32", "int8"):
+        assert forms[name]["best_texts_per_s"] > 0 and 0 <= forms[name]["test_macro_f1"] <= 1
+    assert {"idle", "nice 0", "nice 19"} <= set(results["while_training"])
+    assert all(row["failed"] == 0 for row in results["while_training"].values())
+    assert {g["goal"] for g in results["goals"]} >= {
+        "failed requests during swap",
+        "joint step / naive step (tokens/s)",
+    }
     for rows in results["service"].values():
         assert all(row["failed"] == 0 and row["texts_per_s"] > 0 for row in rows)
     swap = results["swap"]

@@ -20,11 +20,24 @@ log = logging.getLogger(__name__)
 
 
 @worker_process_init.connect
-def _lower_priority(**_kwargs: object) -> None:
-    """Training in the pool process yields the CPU to an API process on the same machine."""
-    nice = get_settings().worker_nice
-    if nice:
-        os.nice(nice)
+def _yield_cpu_to_serving(**_kwargs: object) -> None:
+    """Training in the pool process yields the CPU to an API process on the same machine.
+
+    Runs in the pool process before any task, so torch's OpenMP threads, created at the
+    first training step, inherit the niceness and policy (both are per thread on Linux).
+    """
+    settings = get_settings()
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
+    if settings.worker_sched_idle and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            log.warning("could not switch training to SCHED_IDLE: %s", exc)
+    if settings.worker_torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.worker_torch_threads)
 
 
 @lru_cache

@@ -63,10 +63,23 @@ class Settings(BaseSettings):
     )
     max_batch_texts: int = Field(256, description="Most texts in one /label/batch request.")
     infer_max_batch: int = Field(
-        32, description="Micro-batching: most texts in one forward pass of the model."
+        8,
+        description="Micro-batching: most texts in one forward pass of the model (8 served "
+        "tweets fastest here: see README, Benchmarks).",
+    )
+    infer_max_batch_tokens: int = Field(
+        2048,
+        description="Micro-batching: most padded tokens (texts x longest) in one forward pass.",
+    )
+    infer_precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="Form of the served model: `fp32`, or `int8` (dynamic quantization of its "
+        "Linear layers).",
     )
     infer_max_wait_ms: float = Field(
-        2.0, description="Micro-batching: longest wait for more texts before a forward pass."
+        2.0,
+        description="Micro-batching: longest wait for more texts before a forward pass (only "
+        "while several clients are sending).",
     )
     torch_threads: int = Field(
         0, description="Intra-op threads of the API's inference (0: torch's default)."
@@ -120,6 +133,14 @@ class Settings(BaseSettings):
         le=19,
         description="Niceness of worker pool processes (training): higher leaves the CPU to "
         "serving on a shared machine.",
+    )
+    worker_sched_idle: bool = Field(
+        False,
+        description="Run training under Linux's SCHED_IDLE policy: it gets the CPU only when "
+        "nothing else (serving) wants it.",
+    )
+    worker_torch_threads: int = Field(
+        0, description="Intra-op threads of training in a worker (0: torch's default)."
     )
 
     @field_validator("data_dir", "model_dir", mode="after")

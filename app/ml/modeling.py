@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,45 @@ class Classifier:
         encoded = {k: v.to(self.model.device) for k, v in encoded.items()}
         return self.model(**encoded).logits.float().cpu()
 
+    def encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        """Token ids of `texts`, truncated but not padded (the server pads per pass)."""
+        return dict(self.tokenizer(texts, truncation=True, max_length=self.max_length))
+
+    @torch.inference_mode()
+    def logits_for(self, encoded: dict[str, list[list[int]]], rows: list[int]) -> torch.Tensor:
+        """Logits for the texts `rows` of `encode()`'s output, padded to their longest."""
+        width = max(len(encoded["input_ids"][i]) for i in rows)
+        left = self.tokenizer.padding_side == "left"
+        pad_id = self.tokenizer.pad_token_id or 0
+        batch: dict[str, torch.Tensor] = {}
+        for name, pad in (("input_ids", pad_id), ("token_type_ids", 0), ("attention_mask", 0)):
+            if name not in encoded:
+                continue
+            tensor = torch.full((len(rows), width), pad, dtype=torch.long)
+            for r, i in enumerate(rows):
+                seq = encoded[name][i]
+                if left:
+                    tensor[r, width - len(seq) :] = torch.tensor(seq)
+                else:
+                    tensor[r, : len(seq)] = torch.tensor(seq)
+            batch[name] = tensor.to(self.model.device)
+        return self.model(**batch).logits.float().cpu()
+
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
         out: list[str] = []
         for start in range(0, len(texts), batch_size):
             ids = self.logits(texts[start : start + batch_size]).argmax(-1).tolist()
             out.extend(self.labels[i] for i in ids)
         return out
+
+
+def quantize_int8(classifier: Classifier) -> Classifier:
+    """The classifier with its Linear layers dynamically quantized to int8 (weights stored
+    int8, activations quantized per batch): the serving form INFER_PRECISION=int8."""
+    model = torch.ao.quantization.quantize_dynamic(
+        classifier.model, {torch.nn.Linear}, dtype=torch.qint8
+    )
+    return replace(classifier, model=model)
 
 
 def labels_of(model: PreTrainedModel) -> list[str]:

@@ -1,0 +1,322 @@
+"""Faster forms of the served classifier, for the benchmark to measure against eager PyTorch.
+
+Each constructor takes a `Classifier` (app.ml.modeling) and returns an object with the same
+`labels`, `max_length`, `tokenizer`, `logits(texts)` and `predict(texts)` contract (and
+`forward(batch)`: logits of an already padded batch of token tensors), plus `setup_seconds`:
+the one-off cost (compilation, or export and session creation) that the benchmark reports
+apart from steady-state speed. A backend that cannot run on this machine
+raises `VariantUnavailable(reason)`, for the benchmark to record instead of crashing.
+
+- `compiled`: the same model under `torch.compile` (inductor, CPU), dynamic shapes, warmed up
+  on batch size 1 and on larger batches of several lengths before `setup_seconds` is taken;
+- `onnx_runtime`: the model exported to ONNX with dynamic batch and sequence axes, run by
+  onnxruntime's CPUExecutionProvider with torch's thread count.
+
+The ONNX packages are the optional dependency group `bench` (part of `dev`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from app.ml.modeling import Classifier
+
+# Texts of different lengths: warm-up and example inputs (batch 1 is its own graph under
+# torch.compile, whose dynamic shapes specialise sizes 0 and 1).
+WARMUP_BATCHES: tuple[tuple[str, ...], ...] = (
+    ("great flight, thanks",),
+    ("delayed again", "the crew was friendly and the seats were fine, but the bags came late"),
+    ("ok", "lost my bag", "@united why was my flight to Denver cancelled without any notice?"),
+)
+
+
+class VariantUnavailable(RuntimeError):
+    """This backend cannot be used here; `reason` says why (for the benchmark's report)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+class FastClassifier:
+    """What every variant offers: the served `Classifier`'s inference contract."""
+
+    name = "variant"
+
+    def __init__(self, source: Classifier, setup_seconds: float = 0.0):
+        self.tokenizer = source.tokenizer
+        self.labels = list(source.labels)
+        self.max_length = source.max_length
+        self.setup_seconds = setup_seconds
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """float32 logits on the CPU, one row per text, padded to this batch's longest text."""
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return self.forward(dict(encoded))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """float32 CPU logits of a padded batch of token tensors (the tokenizer's names)."""
+        raise NotImplementedError
+
+    # The same batching over `logits` as the served classifier.
+    predict = Classifier.predict
+
+
+# --- torch.compile ---------------------------------------------------------------------------
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class CompiledClassifier(FastClassifier):
+    """The served model under `torch.compile(dynamic=True)`; `setup_seconds` is the warm-up,
+    `warmup_graphs` the graphs it compiled, `graphs_since_warmup()` any compiled after it
+    (recompiles in steady state, which should stay 0)."""
+
+    name = "torch.compile"
+
+    def __init__(self, source: Classifier, compiled_model: Any):
+        super().__init__(source)
+        self.model = compiled_model
+        self.device = source.model.device
+        self.warmup_graphs = 0
+        self._graphs_after_warmup = _compiled_graphs()
+
+    @torch.inference_mode()
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.model(**batch).logits.float().cpu()
+
+    def warm_up(self, batches: Sequence[Sequence[str]] = WARMUP_BATCHES) -> float:
+        """Run `batches` (compiling what they need); returns and records the seconds taken."""
+        graphs = _compiled_graphs()
+        start = time.perf_counter()
+        for texts in batches:
+            self.logits(list(texts))
+        self.setup_seconds = time.perf_counter() - start
+        self._graphs_after_warmup = _compiled_graphs()
+        self.warmup_graphs = self._graphs_after_warmup - graphs
+        return self.setup_seconds
+
+    def graphs_since_warmup(self) -> int:
+        """Graphs compiled (by any compiled code in this process) since the warm-up ended."""
+        return _compiled_graphs() - self._graphs_after_warmup
+
+
+def compiled(
+    classifier: Classifier,
+    *,
+    mode: str | None = None,
+    options: dict[str, Any] | None = None,
+    warm_up: bool = True,
+) -> CompiledClassifier:
+    """`classifier` under torch.compile (inductor) with dynamic batch and sequence sizes.
+
+    With `warm_up` (the default) the compilation happens here, on `WARMUP_BATCHES`, and
+    `setup_seconds` is its wall time; otherwise call `.warm_up(...)` before timing.
+    The source classifier's model is shared, not copied or changed.
+    """
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise VariantUnavailable("torch.compile is not supported on this Python/platform")
+    if classifier.model.device.type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as error:
+            raise VariantUnavailable(
+                f"torch.compile's CPU backend needs a C++ compiler: {_first_line(error)}"
+            ) from error
+    kwargs: dict[str, Any] = {"dynamic": True}
+    if mode is not None:
+        kwargs["mode"] = mode
+    if options is not None:
+        kwargs["options"] = options
+    variant = CompiledClassifier(classifier, torch.compile(classifier.model, **kwargs))
+    if warm_up:
+        try:
+            variant.warm_up()
+        except Exception as error:
+            raise VariantUnavailable(f"torch.compile failed: {_first_line(error)}") from error
+    return variant
+
+
+# --- ONNX Runtime ----------------------------------------------------------------------------
+
+
+class _LogitsOf(torch.nn.Module):
+    """The classifier's forward with named tensor inputs and the logits tensor as output."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).logits
+
+
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+Exporter = Literal["auto", "dynamo", "torchscript"]
+
+
+def export_onnx(classifier: Classifier, path: Path, exporter: Exporter = "auto") -> str:
+    """Write `classifier`'s model as ONNX to `path`, with dynamic batch and sequence axes.
+
+    Inputs are those of `ONNX_INPUTS` that the tokenizer produces; the output is `logits`.
+    "dynamo" is torch.export's exporter (needs `onnxscript`), "torchscript" the legacy
+    tracing one (deprecated in torch 2.9+); "auto" tries them in that order. Returns the
+    exporter used.
+    """
+    if classifier.model.device.type != "cpu":
+        raise VariantUnavailable("ONNX export here expects the model on the CPU")
+    example = classifier.tokenizer(
+        list(WARMUP_BATCHES[1]),
+        padding=True,
+        truncation=True,
+        max_length=classifier.max_length,
+        return_tensors="pt",
+    )
+    names = [name for name in ONNX_INPUTS if name in example]
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise VariantUnavailable(f"the tokenizer produces {sorted(example)}, not input_ids/mask")
+    args = tuple(example[name] for name in names)
+    module = _LogitsOf(classifier.model).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    for kind in ("dynamo", "torchscript") if exporter == "auto" else (exporter,):
+        try:
+            with torch.inference_mode(False), torch.no_grad(), _quiet_export():
+                if kind == "dynamo":
+                    try:
+                        import onnxscript  # noqa: F401
+                    except ImportError as error:
+                        raise VariantUnavailable("the dynamo exporter needs onnxscript") from error
+                    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        dynamo=True,
+                        input_names=names,
+                        output_names=["logits"],
+                        dynamic_shapes={name: {0: batch, 1: seq} for name in names},
+                        external_data=False,
+                    )
+                else:
+                    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        dynamo=False,
+                        input_names=names,
+                        output_names=["logits"],
+                        dynamic_axes={**axes, "logits": {0: "batch"}},
+                        opset_version=17,
+                    )
+            return kind
+        except Exception as error:
+            errors.append(f"{kind}: {_first_line(error)}")
+    raise VariantUnavailable("ONNX export failed: " + "; ".join(errors))
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporters' expected chatter (torchvision ops absent, tracer and deprecation
+    warnings) while keeping errors."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class OnnxRuntimeClassifier(FastClassifier):
+    """An onnxruntime session over the exported model; `exporter` says which exporter made it,
+    `export_seconds` and `session_seconds` split `setup_seconds`."""
+
+    name = "onnxruntime"
+
+    def __init__(self, source: Classifier, session: Any, exporter: str, export_s: float):
+        super().__init__(source)
+        self.session = session
+        self.exporter = exporter
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.export_seconds = export_s
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        feed = {name: batch[name].to(torch.int64).numpy() for name in self.input_names}
+        (out,) = self.session.run(["logits"], feed)
+        return torch.from_numpy(out).float()
+
+
+def onnx_runtime(
+    classifier: Classifier,
+    workdir: Path,
+    *,
+    exporter: Exporter = "auto",
+    threads: int | None = None,
+) -> OnnxRuntimeClassifier:
+    """`classifier` exported to `workdir/model.onnx` and run by onnxruntime on the CPU with
+    `threads` intra-op threads (torch's count by default). `setup_seconds` is export plus
+    session creation."""
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        raise VariantUnavailable(
+            "onnxruntime is not installed (pip install -e '.[bench]')"
+        ) from error
+    if "CPUExecutionProvider" not in ort.get_available_providers():
+        raise VariantUnavailable("onnxruntime has no CPUExecutionProvider")
+    start = time.perf_counter()
+    path = workdir / "model.onnx"
+    used = export_onnx(classifier, path, exporter)
+    export_s = time.perf_counter() - start
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:
+        raise VariantUnavailable(
+            f"onnxruntime cannot load the model: {_first_line(error)}"
+        ) from error
+    variant = OnnxRuntimeClassifier(classifier, session, used, export_s)
+    variant.logits(list(WARMUP_BATCHES[0]))  # the first run allocates; keep it out of timings
+    variant.setup_seconds = time.perf_counter() - start
+    return variant

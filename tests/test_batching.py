@@ -1,0 +1,131 @@
+"""The micro-batcher's forward passes, the served int8 form, and how a worker yields the
+CPU: what a user relies on is the same answer, in the same order, whatever the batching."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import create_app
+from app.ml.modeling import init_classifier, load_classifier
+from app.registry import version_dir
+from app.serving.batching import plan_forward_passes
+from app.serving.model_server import ModelServer, ServedModel
+from app.store.database import Store
+from tests.conftest import ADMIN
+from tests.processes import ROOT
+
+LENGTHS = [random.Random(3).randint(3, 60) for _ in range(200)]
+
+
+@pytest.mark.parametrize(("max_texts", "max_tokens"), [(32, 2048), (8, 100), (4, 10), (1, 1000)])
+def test_forward_passes_respect_both_bounds_and_cover_every_text_once(max_texts, max_tokens):
+    passes = plan_forward_passes(LENGTHS, max_texts, max_tokens)
+    assert sorted(i for p in passes for i in p) == list(range(len(LENGTHS)))
+    for p in passes:
+        assert 1 <= len(p) <= max_texts
+        padded = len(p) * max(LENGTHS[i] for i in p)
+        # Only a text too long for the token bound on its own may exceed it, alone.
+        assert padded <= max_tokens or len(p) == 1
+
+
+def test_one_long_text_does_not_make_short_ones_pay_for_its_padding():
+    lengths = [5] * 7 + [120]
+    passes = plan_forward_passes(lengths, max_texts=8, max_tokens=256)
+    assert passes == [[0, 1, 2, 3, 4, 5, 6], [7]]
+    padded = sum(len(p) * max(lengths[i] for i in p) for p in passes)
+    assert padded == 7 * 5 + 120  # against 8 x 120 = 960 in one pass
+
+
+def test_server_scores_match_one_text_at_a_time_in_caller_order(published_copy: Settings):
+    """Gathered texts are re-ordered by length into passes; every caller must still get
+    its own text's prediction, equal to scoring it alone."""
+    settings = published_copy.model_copy(
+        update={"infer_max_batch": 4, "infer_max_batch_tokens": 40}
+    )
+    classifier = load_classifier(version_dir(settings, 1), settings.max_length)
+    server = ModelServer(settings, Store(settings.store_url), loader=lambda _v: classifier)
+    rng = random.Random(7)
+    words = [
+        "delayed",
+        "bag",
+        "crew",
+        "seat",
+        "late",
+        "great",
+        "awful",
+        "thanks",
+        "flight",
+        "refund",
+    ]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 25))) for _ in range(23)]
+    gathered = server._score(ServedModel(1, classifier), texts)
+    alone = [server._score(ServedModel(1, classifier), [t])[0] for t in texts]
+    assert [s.label for s in gathered] == [s.label for s in alone]
+    for a, b in zip(gathered, alone, strict=True):
+        assert a.logits == pytest.approx(b.logits, abs=1e-4)
+    reference = classifier.logits(texts)
+    assert torch.allclose(torch.tensor([s.logits for s in gathered]), reference, atol=1e-4)
+
+
+def test_int8_serving_answers_and_stores(published_copy: Settings):
+    settings = published_copy.model_copy(update={"infer_precision": "int8"})
+    app = create_app(settings)
+    with TestClient(app, headers=ADMIN) as client:
+        r = client.post("/label/batch", json={"texts": ["@united lost my bag", "great crew"]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["model_version"] for x in results] == [1, 1]
+        served = app.state.model_server.current.classifier.model
+        # The Linear layers really are the quantized kind, not the float ones.
+        kinds = {type(m).__module__ for m in served.modules() if "Linear" in type(m).__name__}
+        assert any("quantized" in k for k in kinds), kinds
+
+
+def test_int8_keeps_the_predictions_of_a_trained_classifier(tiny_base: Path):
+    """int8 must not change what the model says beyond rounding (the benchmark measures
+    macro-F1 on the real model; here a random head on the tiny model)."""
+    from app.ml.modeling import Classifier, quantize_int8
+
+    torch.manual_seed(0)
+    model, tokenizer = init_classifier(tiny_base, ["a", "b", "c"])
+    fp32 = Classifier(model.eval(), tokenizer, ["a", "b", "c"], 32)
+    int8 = quantize_int8(fp32)
+    texts = [f"text number {i} about flights" for i in range(16)]
+    assert torch.allclose(fp32.logits(texts), int8.logits(texts), atol=0.05)
+    assert fp32.model is not int8.model  # the fp32 model is left as it was
+
+
+def test_worker_pool_process_yields_the_cpu(tmp_path: Path):
+    """What a Celery pool process does before its first task, in a process of its own."""
+    script = (
+        "import json, os, torch\n"
+        "from workers.tasks import _yield_cpu_to_serving\n"
+        "_yield_cpu_to_serving()\n"
+        "print(json.dumps({'policy': os.sched_getscheduler(0), 'idle': os.SCHED_IDLE,"
+        " 'nice': os.nice(0), 'threads': torch.get_num_threads()}))\n"
+    )
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path),
+        "WORKER_NICE": "7",
+        "WORKER_SCHED_IDLE": "true",
+        "WORKER_TORCH_THREADS": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["policy"] == seen["idle"]
+    assert seen["nice"] == os.nice(0) + 7
+    assert seen["threads"] == 1
