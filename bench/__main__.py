@@ -38,6 +38,7 @@ from app.store import registry as versions
 from app.store.database import Store
 from bench.load import LoadResult, run_load
 from bench.tiny import build_tiny_bert
+from bench.training import measure_training
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-admin-key"
@@ -162,88 +163,6 @@ def publish_copy(settings: Settings, store: Store) -> int:
     return version
 
 
-def measure_training(
-    base: Path, texts: list[str], steps: int, batch: int, max_length: int
-) -> dict[str, Any]:
-    """Tokens/s of our joint step against a naive one (full-vocabulary MLM logits from a
-    separate masked-LM forward, plus a separate classification forward) on the same batches."""
-    import torch.nn.functional as F
-    from transformers import AutoModelForMaskedLM
-
-    from app.ml.joint import JointModel, mask_tokens
-    from app.ml.modeling import init_classifier
-    from app.ml.training import cpu_has_fast_bf16
-
-    labels = ["negative", "neutral", "positive"]
-    model, tokenizer = init_classifier(base, labels)
-    joint = JointModel.from_classifier(model, base).train()
-    naive_mlm = AutoModelForMaskedLM.from_pretrained(str(base)).train()
-    naive_clf, _ = init_classifier(base, labels)
-    naive_clf.train()
-    gen = torch.Generator().manual_seed(0)
-    batches = []
-    for i in range(steps):
-        chunk = [texts[(i * batch + k) % len(texts)] for k in range(batch)]
-        enc = tokenizer(
-            chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        special = torch.tensor(
-            [
-                tokenizer.get_special_tokens_mask(r, already_has_special_tokens=True)
-                for r in enc["input_ids"].tolist()
-            ]
-        ).bool() | (enc["attention_mask"] == 0)
-        masked, mlm_labels = mask_tokens(enc["input_ids"], special, tokenizer, 0.15, gen)
-        hard = torch.randint(0, 3, (batch,), generator=gen)
-        batches.append(
-            (masked, enc["attention_mask"], mlm_labels, hard, int(enc["attention_mask"].sum()))
-        )
-
-    def ours(b: tuple) -> None:
-        masked, attn, mlm_labels, hard, _ = b
-        joint(masked, attn, mlm_labels, hard_labels=hard).loss.backward()
-        joint.zero_grad(set_to_none=True)
-
-    def ours_bf16(b: tuple) -> None:
-        # The same step under bf16 autocast, as jobs run it where the CPU has native bf16.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = joint(b[0], b[1], b[2], hard_labels=b[3]).loss
-        loss.backward()
-        joint.zero_grad(set_to_none=True)
-
-    def naive(b: tuple) -> None:
-        masked, attn, mlm_labels, hard, _ = b
-        mlm_loss = naive_mlm(input_ids=masked, attention_mask=attn, labels=mlm_labels).loss
-        task = F.cross_entropy(naive_clf(input_ids=masked, attention_mask=attn).logits, hard)
-        (mlm_loss + task).backward()
-        naive_mlm.zero_grad(set_to_none=True)
-        naive_clf.zero_grad(set_to_none=True)
-
-    result: dict[str, Any] = {}
-    tokens = sum(b[4] for b in batches)
-    steps_to_time = [("naive", naive), ("ours", ours)]
-    if cpu_has_fast_bf16():
-        steps_to_time.append(("ours_bf16", ours_bf16))
-    for name, step in steps_to_time:
-        step(batches[0])  # warm-up
-        start = time.perf_counter()
-        for b in batches:
-            step(b)
-        elapsed = time.perf_counter() - start
-        result[name] = {
-            "tokens_per_s": round(tokens / elapsed, 1),
-            "s_per_step": round(elapsed / steps, 3),
-        }
-    result["speedup"] = round(result["ours"]["tokens_per_s"] / result["naive"]["tokens_per_s"], 2)
-    if "ours_bf16" in result:
-        result["speedup_bf16"] = round(
-            result["ours_bf16"]["tokens_per_s"] / result["naive"]["tokens_per_s"], 2
-        )
-    result["batch"] = batch
-    result["steps"] = steps
-    return result
-
-
 def latency_summary(load: LoadResult, since: float = 0.0, until: float = 1e9) -> float:
     window = [
         lat
@@ -256,16 +175,19 @@ def latency_summary(load: LoadResult, since: float = 0.0, until: float = 1e9) ->
     return round(window[min(len(window) - 1, int(0.99 * len(window)))] * 1000, 1)
 
 
-# Ways a worker can share the machine with serving (part 5): the first is the baseline.
+# Ways a worker can share the machine with serving (part 5): the first is the baseline,
+# the last the defaults (nice 10, and pausing between steps while serving is busy).
+NO_PAUSE = {"WORKER_MIN_SHARE": "1"}
 WORKER_SETUPS: dict[str, dict[str, str]] = {
-    "nice 0": {"WORKER_NICE": "0", "WORKER_SCHED_IDLE": "false"},
-    "nice 19": {"WORKER_NICE": "19", "WORKER_SCHED_IDLE": "false"},
-    "SCHED_IDLE": {"WORKER_NICE": "19", "WORKER_SCHED_IDLE": "true"},
+    "nice 0": {**NO_PAUSE, "WORKER_NICE": "0", "WORKER_SCHED_IDLE": "false"},
+    "nice 19": {**NO_PAUSE, "WORKER_NICE": "19", "WORKER_SCHED_IDLE": "false"},
     "SCHED_IDLE, 1 thread": {
+        **NO_PAUSE,
         "WORKER_NICE": "19",
         "WORKER_SCHED_IDLE": "true",
         "WORKER_TORCH_THREADS": "1",
     },
+    "defaults: pauses while serving is busy": {},
 }
 
 
@@ -310,7 +232,12 @@ class Bench:
         self.store: Store | None = None
         self.url: str | None = None
 
-    def bootstrap(self) -> None:
+    def bootstrap(self, reuse: bool = False) -> None:
+        self.store = Store(self.settings.store_url)
+        if reuse and (version_dir(self.settings, 1) / "config.json").is_file():
+            log("serving the model of the previous run (--reuse-model)")
+            return
+        self.store.dispose()
         log("bootstrapping a model to serve (a short fine-tune)")
         boot = self.service.start("bootstrap", "bootstrap")
         if boot.wait(1200) != 0:
@@ -443,13 +370,19 @@ class Bench:
         entry (the job is cancelled once measured: only its training steps matter)."""
         log("5. serving while a training job runs")
         url = self.api()
-        results: dict[str, Any] = {"idle": self.load("/label", 8).summary()}
+        results: dict[str, Any] = {}
+        idle: list[LoadResult] = []
         # Pseudo-labels for the job to pre-train on.
         httpx.post(
             f"{url}/label/batch", json={"texts": self.texts[:200]}, headers=HEADERS, timeout=120
         )
-        setups = dict(list(WORKER_SETUPS.items())[:2]) if self.quick else WORKER_SETUPS
+        names = list(WORKER_SETUPS)
+        setups = (
+            {n: WORKER_SETUPS[n] for n in (names[0], names[-1])} if self.quick else WORKER_SETUPS
+        )
         for name, setup in setups.items():
+            # Idle again before each setup: the machine drifts over minutes.
+            idle.append(self.load("/label", 8))
             log(f"5. worker: {name}")
             worker = self.service.start(f"worker-{len(results)}", "worker", **setup)
             try:
@@ -459,23 +392,33 @@ class Bench:
                     json={"pretrain_max_steps": 1000, "finetune_max_steps": 1000, "max_length": 64},
                 ).json()
                 job_url = f"{url}/jobs/{job['id']}"
-                # Measure once the job is a few steps into its pre-training.
+                # Measure once the job is a few seconds into its pre-training (its first
+                # steps pay for lazy start-up), for twice the usual time.
                 deadline = time.monotonic() + 300
                 while time.monotonic() < deadline:
                     view = httpx.get(job_url, headers=HEADERS).json()
                     if view["status"] not in ("queued", "running"):
                         raise RuntimeError(f"the bench job ended early: {view}")
-                    if view["stage"] == "pretraining" and view["progress"] > 0.005:
+                    if view["stage"] == "pretraining":
                         break
                     time.sleep(0.5)
-                results[name] = self.load("/label", 8).summary()
+                time.sleep(1 if self.quick else 4)
+                results[name] = run_load(
+                    [url], "/label", self.texts, 8, self.seconds * 2, 0, HEADERS
+                ).summary()
                 results[name]["setup"] = setup
                 httpx.post(f"{job_url}/cancel", headers=HEADERS)
                 while httpx.get(job_url, headers=HEADERS).json()["status"] == "running":
                     time.sleep(0.5)
             finally:
                 self.service.stop_one(worker)
-        return results
+        merged = LoadResult(8, sum(r.seconds for r in idle), 1)
+        for r in idle:
+            merged.latencies += r.latencies
+            for status, n in r.statuses.items():
+                merged.statuses[status] = merged.statuses.get(status, 0) + n
+            merged.errors += r.errors
+        return {"idle": merged.summary(), **results}
 
     # -- 6 ----------------------------------------------------------------------------
 
@@ -650,6 +593,11 @@ def main() -> None:
         + ")",
     )
     parser.add_argument(
+        "--reuse-model",
+        action="store_true",
+        help="serve the model a previous run bootstrapped under --out (saves minutes while tuning)",
+    )
+    parser.add_argument(
         "--no-readme", action="store_true", help="do not write the table into README.md"
     )
     args = parser.parse_args()
@@ -657,7 +605,8 @@ def main() -> None:
     if not set(parts) <= set(PARTS):
         parser.error(f"--parts takes numbers from {sorted(PARTS)}")
     out: Path = args.out
-    shutil.rmtree(out / "data", ignore_errors=True)
+    if not args.reuse_model:
+        shutil.rmtree(out / "data", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     bench = Bench(args.quick, out)
@@ -675,7 +624,7 @@ def main() -> None:
     }
     try:
         if set(parts) & {1, 2, 3, 4, 5}:
-            bench.bootstrap()
+            bench.bootstrap(args.reuse_model)
         for number in parts:
             name = PARTS[number]
             method = {"service": bench.ours}.get(name) or getattr(bench, name)

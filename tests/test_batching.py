@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,58 @@ def test_worker_pool_process_yields_the_cpu(tmp_path: Path):
     assert seen["policy"] == seen["idle"]
     assert seen["nice"] == os.nice(0) + 7
     assert seen["threads"] == 1
+
+
+def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Path):
+    from app.serving.busy import ServingBeacon, TrainingYield, machine_id, serving_busy
+
+    models = tmp_path / "models"
+    assert not serving_busy(models)  # no API process has served yet
+    yielder = TrainingYield(models, min_share=0.5, poll=0.01)
+    time.sleep(0.05)
+    start = time.monotonic()
+    yielder()
+    assert time.monotonic() - start < 0.05  # nothing to yield to
+
+    beacon = ServingBeacon(models)
+    beacon.mark_busy()
+    assert serving_busy(models)
+    # An API process on another machine (another boot id) does not make training wait.
+    beacon.path.rename(beacon.path.with_name(f"another-host-{os.getpid()}"))
+    assert not serving_busy(models)
+    beacon._last = 0.0
+    beacon.mark_busy()
+    # Busy: the pause is bounded by (1 / min_share - 1) x the step before it (here 1x).
+    time.sleep(0.2)
+    start = time.monotonic()
+    yielder()
+    paused = time.monotonic() - start
+    assert 0.15 <= paused < 0.6, paused
+    assert yielder.paused_seconds >= 0.15
+    # A beacon left by a process that stopped serving more than a second ago is stale.
+    stale = time.time() - 5
+    os.utime(beacon.path, (stale, stale))
+    assert not serving_busy(models)
+    beacon.remove()
+    assert not beacon.path.exists() and machine_id()
+
+
+def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
+    from app.serving.busy import ServingBeacon, TrainingYield
+
+    ServingBeacon(tmp_path).mark_busy()
+    yielder = TrainingYield(tmp_path, min_share=1.0)
+    time.sleep(0.1)
+    start = time.monotonic()
+    yielder()
+    assert time.monotonic() - start < 0.05
+
+
+def test_the_model_server_signals_while_it_scores(published_copy: Settings):
+    from app.serving.busy import serving_busy
+
+    classifier = load_classifier(version_dir(published_copy, 1), published_copy.max_length)
+    server = ModelServer(published_copy, Store(published_copy.store_url), lambda _v: classifier)
+    assert not serving_busy(published_copy.models_path)
+    server._score(ServedModel(1, classifier), ["a text"])
+    assert serving_busy(published_copy.models_path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from app.store import jobs
 from app.store.database import Store
@@ -18,7 +18,15 @@ class JobReporter:
     """Maps stage-local progress onto the job's 0..1 bar and writes it at most once a
     second; each write is also the job's heartbeat and its check for cancellation."""
 
-    def __init__(self, store: Store, job_id: str, stages: Sequence[tuple[str, float]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        stages: Sequence[tuple[str, float]],
+        between_steps: Callable[[], None] | None = None,
+    ) -> None:
+        # Called after every step: where training pauses for busy serving (TrainingYield).
+        self.between_steps = between_steps
         total = sum(weight for _, weight in stages)
         self.store = store
         self.job_id = job_id
@@ -36,6 +44,8 @@ class JobReporter:
 
     def __call__(self, fraction: float, _loss: float = 0.0) -> None:
         self.update(fraction)
+        if self.between_steps is not None:
+            self.between_steps()
 
     def update(self, fraction: float, force: bool = False) -> None:
         now = time.monotonic()

@@ -29,6 +29,7 @@ from app.registry import (
     version_dir,
     write_version,
 )
+from app.serving.busy import TrainingYield
 from app.store import gold, jobs, pseudo_labels
 from app.store import registry as versions
 from app.store.database import Store
@@ -70,7 +71,9 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         params = JobParams.model_validate(job.params)
         pool_upto = job.pool_upto_id
 
-    reporter = JobReporter(store, job_id, STAGES)
+    # Pause between steps while an API process on this machine serves (app/serving/busy.py).
+    courtesy = TrainingYield(settings.models_path, settings.worker_min_share)
+    reporter = JobReporter(store, job_id, STAGES, between_steps=courtesy)
     try:
         outcome = _retrain(job_id, params, pool_upto, settings, store, reporter)
     except JobCancelled as exc:
@@ -83,11 +86,18 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         _end(store, job_id, "failed", f"{type(exc).__name__}: {exc}")
         return
+    finally:
+        if courtesy.paused_seconds >= 1:
+            log.info("job %s paused %.0f s for serving", job_id, courtesy.paused_seconds)
     with store.session() as session:
         job = jobs.get_job(session, job_id)
         assert job is not None
         for key, value in outcome.items():
             setattr(job, key, value)
+        job.history = {
+            **(job.history or {}),
+            "yield": {"paused_for_serving_seconds": round(courtesy.paused_seconds, 1)},
+        }
         jobs.finish(job, "succeeded")
 
 

@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         description="Run training under Linux's SCHED_IDLE policy: it gets the CPU only when "
         "nothing else (serving) wants it.",
     )
+    worker_min_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Training pauses between steps while an API process on the same machine "
+        "serves, but keeps at least this share of the time (1: never pause).",
+    )
     worker_torch_threads: int = Field(
         0, description="Intra-op threads of training in a worker (0: torch's default)."
     )

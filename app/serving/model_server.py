@@ -22,6 +22,7 @@ from app.core.config import Settings
 from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import version_dir
 from app.serving.batching import plan_forward_passes, settle
+from app.serving.busy import ServingBeacon
 from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS
 from app.store import registry as versions
 from app.store.database import Store
@@ -86,6 +87,8 @@ class ModelServer:
         # Texts accepted but not yet answered: the permit count behind back-pressure.
         self._waiting_texts = 0
         self._closing = False
+        # Tells a training job on this machine to pause while this process serves.
+        self._beacon = ServingBeacon(settings.models_path)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class ModelServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._infer.shutdown(wait=False, cancel_futures=True)
+        self._beacon.remove()
 
     def wake(self) -> None:
         """Check the store for a new active model now (a swap notice arrived)."""
@@ -266,4 +270,5 @@ class ModelServer:
                     logits=row_logits,
                     model_version=served.version,
                 )
+        self._beacon.mark_busy()
         return [s for s in out if s is not None]
