@@ -74,6 +74,11 @@ def write_version(
     try:
         tmp.mkdir()
         save(tmp)
+        if settings.infer_backend == "onnxruntime":
+            from app.ml.onnx_runtime import export_for_serving
+
+            # Here, once, in the worker: API processes then only load it when they swap.
+            export_for_serving(tmp, settings.max_length)
         with store.session() as session:
             version = versions.create_version(
                 session,

@@ -32,7 +32,6 @@ import torch
 
 from app.core.config import Settings
 from app.ml.data import demo_gold
-from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import activate_if_champion, notify_swap, version_dir, write_version
 from app.store import registry as versions
 from app.store.database import Store
@@ -117,27 +116,6 @@ class Service:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-def measure_ceiling(
-    classifier: Classifier, texts: list[str], batch_sizes: list[int], seconds: float
-) -> dict[int, dict[str, float]]:
-    """Texts/s of tokenize + forward, in-process, per batch size."""
-    out: dict[int, dict[str, float]] = {}
-    for size in batch_sizes:
-        classifier.logits(texts[:size])  # warm-up
-        done, start, i = 0, time.perf_counter(), 0
-        while time.perf_counter() - start < seconds:
-            chunk = [texts[(i + k) % len(texts)] for k in range(size)]
-            classifier.logits(chunk)
-            done += size
-            i += size
-        elapsed = time.perf_counter() - start
-        out[size] = {
-            "texts_per_s": round(done / elapsed, 1),
-            "ms_per_batch": round(1000 * elapsed * size / done, 2),
-        }
-    return out
 
 
 def publish_copy(settings: Settings, store: Store) -> int:
@@ -258,40 +236,33 @@ class Bench:
     # -- 1 ----------------------------------------------------------------------------
 
     def ceiling(self) -> dict[str, Any]:
-        """Every form of the model: texts/s per batch size and test macro-F1."""
-        from app.ml.training import evaluate
-        from bench import variants
+        """Every form of the model: texts/s per batch size and test macro-F1, measured in
+        a process of its own, so that what the forms leave behind (compiler workers,
+        ONNX Runtime threads) does not load the client of the later parts."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        fp32 = load_classifier(version_dir(self.settings, 1), self.settings.max_length)
-        sizes = [1, 8, 32] if self.quick else [1, 8, 16, 32, 64]
+        from bench.forms import measure_forms
+
         test = [g for g in self.gold if g.split == "test"][: 200 if self.quick else 1440]
-        forms: dict[str, Any] = {}
-        builders: dict[str, Any] = {
-            "fp32": lambda: fp32,
-            "int8": lambda: quantize_int8(fp32),
-            "torch.compile": lambda: variants.compiled(fp32),
-            "onnxruntime": lambda: variants.onnx_runtime(fp32, self.out / "onnx"),
-        }
-        for name, build in builders.items():
-            log(f"1. ceiling: {name}")
-            try:
-                model = build()
-            except variants.VariantUnavailable as exc:
-                forms[name] = {"unavailable": str(exc)}
-                continue
-            speed = measure_ceiling(model, self.texts, sizes, self.seconds / 2)
-            best = max(speed, key=lambda b: speed[b]["texts_per_s"])
-            f1 = evaluate(model, [g.text for g in test], [g.label for g in test])["macro_f1"]
-            forms[name] = {
-                "by_batch": speed,
-                "best_batch": best,
-                "best_texts_per_s": speed[best]["texts_per_s"],
-                "batch1_ms": speed[1]["ms_per_batch"],
-                "test_macro_f1": round(f1, 4),
-                "setup_seconds": round(getattr(model, "setup_seconds", 0.0), 1),
-            }
-            del model
-        served = self.settings.infer_precision
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            forms = pool.submit(
+                measure_forms,
+                version_dir(self.settings, 1),
+                self.settings.max_length,
+                self.texts,
+                [(g.text, g.label) for g in test],
+                [1, 8, 32] if self.quick else [1, 8, 16, 32, 64],
+                self.seconds / 2,
+                self.out / "onnx",
+            ).result()
+        served = (
+            "int8"
+            if self.settings.infer_precision == "int8"
+            else "onnxruntime"
+            if self.settings.infer_backend == "onnxruntime"
+            else "fp32"
+        )
         return {"forms": forms, "served": served, "test_n": len(test), **forms[served]}
 
     # -- 2 ----------------------------------------------------------------------------

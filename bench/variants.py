@@ -17,17 +17,15 @@ The ONNX packages are the optional dependency group `bench` (part of `dev`).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from app.ml.modeling import Classifier
+from app.ml.onnx_runtime import Exporter, OnnxUnavailable, export_onnx, ort_session
 
 # Texts of different lengths: warm-up and example inputs (batch 1 is its own graph under
 # torch.compile, whose dynamic shapes specialise sizes 0 and 1).
@@ -164,105 +162,6 @@ def compiled(
 # --- ONNX Runtime ----------------------------------------------------------------------------
 
 
-class _LogitsOf(torch.nn.Module):
-    """The classifier's forward with named tensor inputs and the logits tensor as output."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs).logits
-
-
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-Exporter = Literal["auto", "dynamo", "torchscript"]
-
-
-def export_onnx(classifier: Classifier, path: Path, exporter: Exporter = "auto") -> str:
-    """Write `classifier`'s model as ONNX to `path`, with dynamic batch and sequence axes.
-
-    Inputs are those of `ONNX_INPUTS` that the tokenizer produces; the output is `logits`.
-    "dynamo" is torch.export's exporter (needs `onnxscript`), "torchscript" the legacy
-    tracing one (deprecated in torch 2.9+); "auto" tries them in that order. Returns the
-    exporter used.
-    """
-    if classifier.model.device.type != "cpu":
-        raise VariantUnavailable("ONNX export here expects the model on the CPU")
-    example = classifier.tokenizer(
-        list(WARMUP_BATCHES[1]),
-        padding=True,
-        truncation=True,
-        max_length=classifier.max_length,
-        return_tensors="pt",
-    )
-    names = [name for name in ONNX_INPUTS if name in example]
-    if names[:2] != ["input_ids", "attention_mask"]:
-        raise VariantUnavailable(f"the tokenizer produces {sorted(example)}, not input_ids/mask")
-    args = tuple(example[name] for name in names)
-    module = _LogitsOf(classifier.model).eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    for kind in ("dynamo", "torchscript") if exporter == "auto" else (exporter,):
-        try:
-            with torch.inference_mode(False), torch.no_grad(), _quiet_export():
-                if kind == "dynamo":
-                    try:
-                        import onnxscript  # noqa: F401
-                    except ImportError as error:
-                        raise VariantUnavailable("the dynamo exporter needs onnxscript") from error
-                    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        dynamo=True,
-                        input_names=names,
-                        output_names=["logits"],
-                        dynamic_shapes={name: {0: batch, 1: seq} for name in names},
-                        external_data=False,
-                    )
-                else:
-                    axes = {name: {0: "batch", 1: "sequence"} for name in names}
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        dynamo=False,
-                        input_names=names,
-                        output_names=["logits"],
-                        dynamic_axes={**axes, "logits": {0: "batch"}},
-                        opset_version=17,
-                    )
-            return kind
-        except Exception as error:
-            errors.append(f"{kind}: {_first_line(error)}")
-    raise VariantUnavailable("ONNX export failed: " + "; ".join(errors))
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Silence the exporters' expected chatter (torchvision ops absent, tracer and deprecation
-    warnings) while keeping errors."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 class OnnxRuntimeClassifier(FastClassifier):
     """An onnxruntime session over the exported model; `exporter` says which exporter made it,
     `export_seconds` and `session_seconds` split `setup_seconds`."""
@@ -290,32 +189,16 @@ def onnx_runtime(
     threads: int | None = None,
 ) -> OnnxRuntimeClassifier:
     """`classifier` exported to `workdir/model.onnx` and run by onnxruntime on the CPU with
-    `threads` intra-op threads (torch's count by default). `setup_seconds` is export plus
-    session creation."""
-    try:
-        import onnxruntime as ort
-    except ImportError as error:
-        raise VariantUnavailable(
-            "onnxruntime is not installed (pip install -e '.[bench]')"
-        ) from error
-    if "CPUExecutionProvider" not in ort.get_available_providers():
-        raise VariantUnavailable("onnxruntime has no CPUExecutionProvider")
+    `threads` intra-op threads (torch's count by default), as INFER_BACKEND=onnxruntime
+    serves it (app/ml/onnx_runtime.py). `setup_seconds` is export plus session creation."""
     start = time.perf_counter()
     path = workdir / "model.onnx"
-    used = export_onnx(classifier, path, exporter)
-    export_s = time.perf_counter() - start
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:
-        raise VariantUnavailable(
-            f"onnxruntime cannot load the model: {_first_line(error)}"
-        ) from error
+        used = export_onnx(classifier, path, exporter)
+        export_s = time.perf_counter() - start
+        session = ort_session(path, threads)
+    except OnnxUnavailable as error:
+        raise VariantUnavailable(str(error)) from error
     variant = OnnxRuntimeClassifier(classifier, session, used, export_s)
     variant.logits(list(WARMUP_BATCHES[0]))  # the first run allocates; keep it out of timings
     variant.setup_seconds = time.perf_counter() - start

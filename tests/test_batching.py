@@ -79,7 +79,9 @@ def test_server_scores_match_one_text_at_a_time_in_caller_order(published_copy: 
 
 
 def test_int8_serving_answers_and_stores(published_copy: Settings):
-    settings = published_copy.model_copy(update={"infer_precision": "int8"})
+    settings = published_copy.model_copy(
+        update={"infer_precision": "int8", "infer_backend": "torch"}
+    )
     app = create_app(settings)
     with TestClient(app, headers=ADMIN) as client:
         r = client.post("/label/batch", json={"texts": ["@united lost my bag", "great crew"]})
@@ -185,3 +187,37 @@ def test_the_model_server_signals_while_it_scores(published_copy: Settings):
     assert not serving_busy(published_copy.models_path)
     server._score(ServedModel(1, classifier), ["a text"])
     assert serving_busy(published_copy.models_path)
+
+
+def test_onnxruntime_serving_gives_torch_answers(published_copy: Settings):
+    """INFER_BACKEND=onnxruntime (the default) answers with PyTorch's scores; an API process
+    exports a version that was published without model.onnx itself, never half-written."""
+    texts = ["@united lost my bag", "great crew, thanks", "ok"]
+    (version_dir(published_copy, 1) / "model.onnx").unlink(missing_ok=True)  # export it here
+    torch_settings = published_copy.model_copy(update={"infer_backend": "torch"})
+    with TestClient(create_app(torch_settings), headers=ADMIN) as client:
+        torch_scores = [
+            r["scores"]
+            for r in client.post("/label/batch", json={"texts": texts}).json()["results"]
+        ]
+    onnx_settings = published_copy.model_copy(update={"infer_backend": "onnxruntime"})
+    with TestClient(create_app(onnx_settings), headers=ADMIN) as client:
+        r = client.post("/label/batch", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        ort_scores = [x["scores"] for x in r.json()["results"]]
+    assert (version_dir(published_copy, 1) / "model.onnx").is_file()
+    assert not list(version_dir(published_copy, 1).glob(".model.onnx.*"))  # no partial file
+    for a, b in zip(torch_scores, ort_scores, strict=True):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) < 1e-4 for k in a)
+
+
+def test_int8_is_a_torch_only_form(tmp_path: Path):
+    with pytest.raises(ValueError, match="INFER_BACKEND=torch only"):
+        Settings(data_dir=tmp_path, infer_precision="int8", infer_backend="onnxruntime")
+
+
+def test_published_versions_carry_their_onnx_export(published_copy: Settings):
+    """The worker exports at publish time, so API processes only load it at a swap."""
+    assert published_copy.infer_backend == "onnxruntime"
+    assert (version_dir(published_copy, 1) / "model.onnx").is_file()

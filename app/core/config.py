@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         "fp32",
         description="Form of the served model: `fp32`, or `int8` (dynamic quantization of its "
         "Linear layers).",
+    )
+    infer_backend: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime",
+        description="What runs the served model: `onnxruntime` (exported to model.onnx in its "
+        "folder when a version is published; same answers, faster here) or `torch`.",
     )
     infer_max_wait_ms: float = Field(
         2.0,
@@ -149,6 +154,12 @@ class Settings(BaseSettings):
     worker_torch_threads: int = Field(
         0, description="Intra-op threads of training in a worker (0: torch's default)."
     )
+
+    @model_validator(mode="after")
+    def _one_serving_form(self) -> Settings:
+        if self.infer_precision == "int8" and self.infer_backend != "torch":
+            raise ValueError("INFER_PRECISION=int8 runs on INFER_BACKEND=torch only (set both)")
+        return self
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod

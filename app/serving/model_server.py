@@ -129,6 +129,16 @@ class ModelServer:
         classifier = load_classifier(folder, self.settings.max_length)
         if self.settings.infer_precision == "int8":
             classifier = quantize_int8(classifier)
+        elif self.settings.infer_backend == "onnxruntime":
+            from app.ml.onnx_runtime import OnnxUnavailable, onnx_classifier
+
+            try:
+                classifier = onnx_classifier(classifier, folder, self.settings.torch_threads)
+            except OnnxUnavailable as exc:
+                # The version itself is fine: serve it with PyTorch rather than refuse it.
+                log.error(
+                    "v%s: ONNX Runtime unavailable (%s); serving it with PyTorch", version, exc
+                )
         # Warm up so the first real request does not pay for lazy initialisation.
         classifier.logits(["warm-up text"])
         return classifier
