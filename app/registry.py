@@ -74,7 +74,7 @@ def write_version(
     try:
         tmp.mkdir()
         save(tmp)
-        if settings.infer_backend == "onnxruntime":
+        if settings.infer_backend == "onnxruntime" and not (tmp / "model.onnx").is_file():
             from app.ml.onnx_runtime import export_for_serving
 
             # Here, once, in the worker: API processes then only load it when they swap.

@@ -113,3 +113,24 @@ def test_job_marks_and_stale_detection(any_store):
         assert not jobs.has_unfinished(s)
         # A failed job's pool does not count as consumed.
         assert jobs.latest_pool_mark(s) == 0
+
+
+def test_the_writers_bulk_insert_returns_ids_in_order(any_store):
+    """The API's store writer inserts with one INSERT ... RETURNING; every caller's answer
+    carries the id of its own row."""
+    preds = _predictions(7, version=3)
+    with any_store.session() as s:
+        ids = pseudo_labels.insert_predictions(s, preds)
+        assert pseudo_labels.insert_predictions(s, []) == []
+    assert ids == sorted(ids) and len(set(ids)) == 7
+    with any_store.session() as s:
+        rows = {r.id: r for r in pseudo_labels.list_pseudo_labels(s, limit=100)}
+    for row_id, p in zip(ids, preds, strict=True):
+        row = rows[row_id]
+        assert (row.text, row.label, row.model_version, row.logits) == (
+            p.text,
+            p.label,
+            p.model_version,
+            p.logits,
+        )
+        assert row.created_at is not None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from app.serving.batching import settle
 from app.serving.telemetry import WRITER_PENDING
 from app.store.database import Store
-from app.store.pseudo_labels import Prediction, add_predictions
+from app.store.pseudo_labels import Prediction, insert_predictions
 
 log = logging.getLogger(__name__)
 
@@ -81,5 +81,4 @@ class StoreWriter:
 
     def _commit(self, batch: list[_Write]) -> list[int]:
         with self.store.session() as session:
-            rows = add_predictions(session, [p for item in batch for p in item.predictions])
-            return [row.id for row in rows]
+            return insert_predictions(session, [p for item in batch for p in item.predictions])
