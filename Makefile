@@ -30,7 +30,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
-# Serving and training benchmarks against their baselines (about 10 minutes here).
+# Serving and training benchmarks against their baselines (about 11 minutes here); writes
+# bench-results/bench.json and the README table. On a GPU machine: python -m bench.gpu.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
