@@ -202,14 +202,15 @@ def onnx_classifier(classifier: Classifier, folder: Path, threads: int | None = 
 
 def export_for_serving(folder: Path, max_length: int) -> None:
     """Write `folder/model.onnx` for a version being published (in the worker), so that API
-    processes only load it when they swap. A failure is logged, not raised: an API process
-    then exports it itself, or serves with PyTorch."""
+    processes only load it when they swap. Any failure (a folder that is not a loadable
+    classifier included) is logged, not raised: an API process then exports it itself,
+    serves it with PyTorch, or refuses a folder it cannot load at all."""
     from app.ml.modeling import load_classifier
 
     start = time.perf_counter()
     try:
         used = export_onnx(load_classifier(folder, max_length), folder / ONNX_FILE)
-    except OnnxUnavailable as exc:
-        log.warning("no model.onnx for this version: %s", exc)
+    except Exception as exc:  # publishing must not depend on the optional export
+        log.warning("no model.onnx for this version: %s", _first_line(exc))
         return
     log.info("exported model.onnx (%s exporter, %.1f s)", used, time.perf_counter() - start)
