@@ -35,6 +35,7 @@ from app.ml.data import demo_gold
 from app.registry import activate_if_champion, notify_swap, version_dir, write_version
 from app.store import registry as versions
 from app.store.database import Store
+from bench.forms import log
 from bench.load import LoadResult, run_load
 from bench.tiny import build_tiny_bert
 from bench.training import measure_training
@@ -42,10 +43,6 @@ from bench.training import measure_training
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-admin-key"
 HEADERS = {"X-API-Key": KEY}
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def free_port() -> int:

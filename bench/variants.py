@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from app.ml.modeling import Classifier
-from app.ml.onnx_runtime import Exporter, OnnxUnavailable, export_onnx, ort_session
+from app.ml.onnx_runtime import (
+    Exporter,
+    OnnxUnavailable,
+    OrtModel,
+    export_onnx,
+    first_line,
+    ort_session,
+)
 
 # Texts of different lengths: warm-up and example inputs (batch 1 is its own graph under
 # torch.compile, whose dynamic shapes specialise sizes 0 and 1).
@@ -42,11 +49,6 @@ class VariantUnavailable(RuntimeError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 class FastClassifier:
@@ -143,7 +145,7 @@ def compiled(
             cpp_builder.get_cpp_compiler()
         except Exception as error:
             raise VariantUnavailable(
-                f"torch.compile's CPU backend needs a C++ compiler: {_first_line(error)}"
+                f"torch.compile's CPU backend needs a C++ compiler: {first_line(error)}"
             ) from error
     kwargs: dict[str, Any] = {"dynamic": True}
     if mode is not None:
@@ -155,7 +157,7 @@ def compiled(
         try:
             variant.warm_up()
         except Exception as error:
-            raise VariantUnavailable(f"torch.compile failed: {_first_line(error)}") from error
+            raise VariantUnavailable(f"torch.compile failed: {first_line(error)}") from error
     return variant
 
 
@@ -170,15 +172,13 @@ class OnnxRuntimeClassifier(FastClassifier):
 
     def __init__(self, source: Classifier, session: Any, exporter: str, export_s: float):
         super().__init__(source)
-        self.session = session
+        # The same session wrapper INFER_BACKEND=onnxruntime serves with.
+        self.model = OrtModel(session)
         self.exporter = exporter
-        self.input_names = [i.name for i in session.get_inputs()]
         self.export_seconds = export_s
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feed = {name: batch[name].to(torch.int64).numpy() for name in self.input_names}
-        (out,) = self.session.run(["logits"], feed)
-        return torch.from_numpy(out).float()
+        return self.model(**batch).logits.float()
 
 
 def onnx_runtime(

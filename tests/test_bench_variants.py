@@ -49,8 +49,10 @@ def test_onnx_runtime_matches_eager(eager: Classifier, tmp_path: Path, exporter)
     assert variant.exporter == exporter
     assert (tmp_path / "model.onnx").is_file()
     assert 0 < variant.export_seconds <= variant.setup_seconds
-    assert variant.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
-    assert set(variant.input_names) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert (
+        variant.model.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    )
+    assert set(variant.model.input_names) == {"input_ids", "attention_mask", "token_type_ids"}
     assert_same_as_eager(variant, eager)
 
 

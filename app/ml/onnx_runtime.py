@@ -39,7 +39,7 @@ class OnnxUnavailable(RuntimeError):
     """ONNX export or ONNX Runtime cannot be used for this model here."""
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
@@ -133,7 +133,7 @@ def export_onnx(classifier: Classifier, path: Path, exporter: Exporter = "auto")
                     )
             return kind
         except Exception as error:
-            errors.append(f"{kind}: {_first_line(error)}")
+            errors.append(f"{kind}: {first_line(error)}")
     raise OnnxUnavailable("ONNX export failed: " + "; ".join(errors))
 
 
@@ -157,7 +157,7 @@ def ort_session(path: Path, threads: int | None = None) -> Any:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as error:
-        raise OnnxUnavailable(f"onnxruntime cannot load {path}: {_first_line(error)}") from error
+        raise OnnxUnavailable(f"onnxruntime cannot load {path}: {first_line(error)}") from error
 
 
 @dataclass
@@ -211,6 +211,6 @@ def export_for_serving(folder: Path, max_length: int) -> None:
     try:
         used = export_onnx(load_classifier(folder, max_length), folder / ONNX_FILE)
     except Exception as exc:  # publishing must not depend on the optional export
-        log.warning("no model.onnx for this version: %s", _first_line(exc))
+        log.warning("no model.onnx for this version: %s", first_line(exc))
         return
     log.info("exported model.onnx (%s exporter, %.1f s)", used, time.perf_counter() - start)
