@@ -46,3 +46,30 @@ def test_quick_bench_runs_every_part(tmp_path: Path):
     assert all(s is not None for s in swap["seconds_to_first_new_answer"].values())
     assert results["training"]["ours"]["tokens_per_s"] > 0
     assert "| ours /label, concurrency 1 |" in proc.stdout
+
+
+def test_gpu_script_dry_run_on_the_cpu_and_refusal_without_cuda(tmp_path: Path, tiny_base: Path):
+    """`python -m bench.gpu` (the GPU part of issue 4) in its CPU dry run: every row is
+    measured and written; asked for CUDA where there is none it says so and exits 2."""
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([f"flight {i} was late again" for i in range(50)]))
+    args = [sys.executable, "-m", "bench.gpu", "--base", str(tiny_base), "--texts", str(texts)]
+    out = tmp_path / "gpu"
+    run = subprocess.run(
+        [*args, "--device", "cpu", "--seconds", "0.1", "--steps", "2", "--out", str(out)],
+        cwd=ROOT,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "gpu.json").read_text())
+    assert set(result["ceiling_bf16"]) == {"1", "8", "32", "128", "512"}
+    assert result["training_batch32"]["ours"]["tokens_per_s"] > 0
+    assert "| training step |" in run.stdout
+    import torch
+
+    if not torch.cuda.is_available():
+        refused = subprocess.run(args, cwd=ROOT, env=service_env(), capture_output=True, text=True)
+        assert refused.returncode == 2 and "no CUDA device" in refused.stderr
