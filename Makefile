@@ -35,8 +35,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The ablation table of the method (README "Does it work?"): about 45 minutes on 2 cores.
-# REPRO_ARGS=--quick for a few-minute smoke run, --curve for the labeled-size plot.
+# The method against its compute-matched control (README "Does it work?"): 87 minutes on
+# 2 cores. REPRO_ARGS=--quick for a few-minute smoke run; --rows, --seeds to rerun a part.
 repro: $(STAMP)
 	$(BIN)/python -m app.cli repro --out repro-results $(REPRO_ARGS)
 

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from app import cli_ops, repro_cli
 from app.client import ClientError
@@ -50,20 +51,19 @@ def _announce_admin_key(settings: Settings) -> None:
 
 
 def _bootstrap(settings: Settings) -> None:
-    from tqdm import tqdm
-
+    from app.core.progress import progress_bar
     from app.store.database import Store
     from workers.bootstrap import bootstrap_first_model
 
     store = Store(settings.store_url)
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, Any] = {}
 
     def progress(stage: str, fraction: float) -> None:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = tqdm(
-                total=1000, desc=stage, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}"
+            bars[stage] = progress_bar(
+                total=1000, desc=stage, bar_format="{l_bar}{bar}| {elapsed}<{remaining}"
             )
         bar = bars[stage]
         bar.update(int(fraction * 1000) - bar.n)

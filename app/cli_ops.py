@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -27,6 +28,9 @@ from app.client import (
     default_url,
 )
 from app.core.config import get_settings
+from app.core.progress import progress_bar
+from app.core.texts import storable
+from app.core.times import iso_utc
 
 # Requests stay well under the API's default MAX_BODY_BYTES (4 MB).
 MAX_REQUEST_BYTES = 1_000_000
@@ -52,10 +56,7 @@ def _client(args: argparse.Namespace) -> ServiceClient:
 
 
 def _progress(**kwargs: Any) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: a bar on a terminal, nothing in a log file or a pipe.
-    return tqdm(file=sys.stderr, disable=None, dynamic_ncols=True, **kwargs)
+    return progress_bar(**kwargs)
 
 
 def _say(message: str) -> None:
@@ -130,14 +131,26 @@ def cmd_import_gold(args: argparse.Namespace) -> None:
 
 def _read_texts(path: Path) -> Iterator[str]:
     """The texts of a .txt (one per line), .csv or .jsonl (a `text` field) file, in order;
-    blank ones are skipped (the API refuses them)."""
+    blank ones are skipped (the API refuses them), and a text the service cannot take
+    stops the command with its place in the file (UsageError)."""
+    try:
+        for where, text in _texts_with_places(path):
+            try:
+                yield storable(text)
+            except ValueError as exc:
+                raise UsageError(f"{path}:{where}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _texts_with_places(path: Path) -> Iterator[tuple[int, str]]:
     suffix = path.suffix.lower()
     with path.open(encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as handle:
         if suffix == ".txt":
-            for line in handle:
+            for n, line in enumerate(handle, 1):
                 text = line.rstrip("\r\n")
                 if text.strip():
-                    yield text
+                    yield n, text
         elif suffix == ".csv":
             reader = csv.DictReader(handle)
             if "text" not in (reader.fieldnames or []):
@@ -145,7 +158,7 @@ def _read_texts(path: Path) -> Iterator[str]:
             for row in reader:
                 text = row["text"]
                 if text and text.strip():
-                    yield text
+                    yield reader.line_num, text
         elif suffix in (".jsonl", ".ndjson"):
             for n, line in enumerate(handle, 1):
                 if not line.strip():
@@ -158,7 +171,7 @@ def _read_texts(path: Path) -> Iterator[str]:
                 if not isinstance(value, str):
                     raise UsageError(f"{path}:{n}: needs a string field 'text'")
                 if value.strip():
-                    yield value
+                    yield n, value
         else:
             raise UsageError(f"{path}: expected a .txt, .csv or .jsonl file")
 
@@ -330,7 +343,8 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def _when(stamp: str | None) -> str:
-    return stamp[:19].replace("T", " ") if stamp else "-"
+    """A time from the API as the CLI shows every time: ISO 8601, UTC, `Z`."""
+    return iso_utc(datetime.fromisoformat(stamp.replace("Z", "+00:00"))) if stamp else "-"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

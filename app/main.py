@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api.errors import install_error_handlers
+from app.api.errors import InternalErrors, install_error_handlers
 from app.api.limits import RequestLimits
 from app.api.routes import gold, health, jobs, label, labels, models, stats
 from app.core.config import Settings, get_settings
@@ -88,6 +88,7 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(InternalErrors)  # inside the others: they see its 500 as an answer
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id

@@ -121,6 +121,26 @@ def _without_curves(value: Any) -> Any:
     return value
 
 
+def _promotion_rows(comparison: Any) -> list[tuple[str, str]]:
+    """What the promotion gate saw, for the model card."""
+    if not isinstance(comparison, dict):
+        return []
+    rows = [
+        (
+            "promotion gate",
+            f"rule `{comparison.get('rule')}`: {comparison.get('reason', '')}",
+        ),
+        (
+            "compute per token",
+            f"{comparison.get('relative_cost', 1.0):.2f} of the champion's",
+        ),
+    ]
+    changed = comparison.get("test_changed_share")
+    if changed is not None:
+        rows.append(("test answers changed", f"{100 * changed:.1f}% of the champion's"))
+    return rows
+
+
 def model_card(
     settings: Settings,
     *,
@@ -138,8 +158,8 @@ def model_card(
     about the model without the service: where it came from, how good it is, how to load it."""
     made_by = f"retraining job `{job_id}`" if job_id else "bootstrap (the first fine-tuning)"
     how = (
-        "A text classifier made by pfp-service: pre-trained on the service's own predictions "
-        "(masked-LM plus pseudo-label loss), then fine-tuned on gold labels."
+        "A text classifier made by pfp-service: trained on the service's own predictions "
+        "(the serving model's logits on user text), then fine-tuned on gold labels."
         if lineage.get("kind") == "retrain"
         else "A text classifier made by pfp-service: the base encoder fine-tuned on gold labels."
     )
@@ -152,6 +172,8 @@ def model_card(
         ("base model", f"`{settings.base_model_path}`"),
         ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
         ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
+        ("encoder layers", str(lineage.get("layers", "as the base model"))),
+        *_promotion_rows(lineage.get("comparison")),
         ("written", (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
     split_rows = [

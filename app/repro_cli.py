@@ -1,4 +1,4 @@
-"""`pfp repro`: the ablation table of issue 3 (see app/ml/repro.py for the protocol)."""
+"""`pfp repro`: the method against its compute-matched control (protocol: app/ml/repro.py)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,23 @@ from typing import Any
 
 EXAMPLE = """\
 examples:
-  pfp repro                          # the full table on the demo tweets (under an hour)
+  pfp repro                          # the whole table on the demo tweets (under 90 minutes)
   pfp repro --quick --out /tmp/r     # a few hundred texts: a smoke run of a few minutes
-  pfp repro --gold-file mine.csv --labeled-size 500 --rows baseline,soft_only
-  pfp repro --curve                  # also test macro-F1 against 500/1000/2000/4000 labels
+  pfp repro --gold-file mine.csv --labeled-sizes 500 --rows control,kd,control_3l,kd_3l
+  pfp repro --rows kd_mlm --labeled-sizes 500 --no-pool-curve   # one row, exactly as in the table
 """
 
 
 def add_command(sub: Any) -> None:
     repro = sub.add_parser(
         "repro",
-        help="run the paper's experiment: the ablation table, its JSON and plots",
-        description="Fine-tune a teacher on a small labeled set, let it pseudo-label a pool "
-        "of unlabeled text, train each row of the table from that pool with the very "
-        "functions the retraining job runs, and score every row on a held-out test set over "
-        "several seeds. Writes results.json (every number, per seed, and the settings), "
-        "results.md (the table) and rows.png (test macro-F1 with error bars).",
+        help="run the paper's experiment: the table against a compute-matched control",
+        description="For each labeled-set size and seed: train the compute-matched gold-only "
+        "control (also the teacher), let it pseudo-label the pool, train each row with the "
+        "very functions the retraining job runs, and compare each row with its control seed "
+        "by seed on a held-out test set. Writes results.json (every number, per seed, and "
+        "the settings), results.md (the tables) and rows.png (paired differences with 95%% "
+        "intervals).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -36,32 +37,33 @@ def add_command(sub: Any) -> None:
     )
     repro.add_argument("--out", type=Path, default=Path("repro-results"), help="output folder")
     repro.add_argument("--quick", action="store_true", help="a few hundred texts, a few minutes")
-    repro.add_argument("--labeled-size", type=int, help="labeled training texts (default 2000)")
-    repro.add_argument("--pool-size", type=int, help="pseudo-labeled texts per student")
-    repro.add_argument("--seeds", help="comma-separated seeds (default 1,2,3)")
-    repro.add_argument("--rows", help="comma-separated rows (default: all)")
+    repro.add_argument(
+        "--labeled-sizes", help="comma-separated labeled-set sizes (default 500,200)"
+    )
+    repro.add_argument("--seeds", help="comma-separated seeds (default 1,2,3,4,5)")
+    repro.add_argument(
+        "--rows",
+        help="comma-separated rows for every size (default: the full set at the first size, "
+        "a smaller one at the others); the control always runs",
+    )
+    repro.add_argument("--pool-texts", type=int, help="cap on the in-domain pool (default: all)")
+    repro.add_argument("--no-pool-curve", action="store_true", help="leave out the pool-size curve")
     repro.add_argument("--finetune-epochs", type=float)
     repro.add_argument("--pretrain-epochs", type=float)
+    repro.add_argument("--max-length", type=int, help="tokens per text (default: from the data)")
+    repro.add_argument(
+        "--truncation",
+        choices=["head", "head_tail"],
+        help="how longer texts are cut (default: head_tail when over a tenth are cut)",
+    )
     repro.add_argument("--base-model", type=Path, help="encoder folder (default: MiniLM-L6)")
-    repro.add_argument(
-        "--curve",
-        action="store_true",
-        help="also plot test macro-F1 against labeled-set size (500/1000/2000/4000) for the "
-        "baseline and the best method row",
-    )
-    repro.add_argument("--curve-sizes", help="comma-separated sizes for --curve")
-    repro.add_argument(
-        "--in-domain-pool",
-        action="store_true",
-        help="leave the out-of-domain texts out of the pool",
-    )
     repro.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="K=V",
         help="a job parameter for every row (a row's own settings still win), e.g. "
-        "--param mlm_weight=0.1",
+        "--param token_deletion=0.2",
     )
     repro.set_defaults(func=cmd_repro)
 
@@ -82,35 +84,41 @@ def _ints(text: str) -> list[int]:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
+    from app.core.progress import progress_bar
     from app.ml.job_params import JobParams
-    from app.ml.repro import VARIANTS_BY_NAME, ReproConfig, run
+    from app.ml.repro import ROWS_BY_NAME, ReproConfig, run
 
     overrides: dict[str, Any] = {}
     for name in (
         "gold_file",
-        "labeled_size",
-        "pool_size",
+        "pool_texts",
         "finetune_epochs",
         "pretrain_epochs",
         "base_model",
+        "max_length",
+        "truncation",
     ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.seeds:
         overrides["seeds"] = _ints(args.seeds)
+    if args.labeled_sizes:
+        overrides["labeled_sizes"] = _ints(args.labeled_sizes)
     if args.rows:
-        overrides["variants"] = [r.strip() for r in args.rows.split(",") if r.strip()]
-        unknown = [r for r in overrides["variants"] if r not in VARIANTS_BY_NAME]
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = [r for r in rows if r not in ROWS_BY_NAME]
         if unknown:
             print(
-                f"pfp repro: unknown rows {unknown}; choose from {list(VARIANTS_BY_NAME)}",
+                f"pfp repro: unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}",
                 file=sys.stderr,
             )
             return 2
-    if args.in_domain_pool:
-        overrides["in_domain_pool_only"] = True
+        overrides["rows"] = overrides["other_rows"] = rows
+        if ReproConfig.curve_row not in rows:
+            overrides["pool_curve"] = []  # the curve repeats kd_3l: only when it is asked for
+    if args.no_pool_curve:
+        overrides["pool_curve"] = []
     if args.param:
         try:
             overrides["job_params"] = dict(_param(p) for p in args.param)
@@ -118,13 +126,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"pfp repro: error: bad --param: {exc}", file=sys.stderr)
             return 2
-    if args.curve or args.curve_sizes:
-        overrides["curve_sizes"] = _ints(args.curve_sizes or "500,1000,2000,4000")
     config = ReproConfig.quick(**overrides) if args.quick else ReproConfig(**overrides)
     if os.environ.get("TORCH_THREADS"):  # as for the service; torch's default is every core
         torch.set_num_threads(int(os.environ["TORCH_THREADS"]))
 
-    bar: tqdm | None = None
+    bar: Any = None
     started = time.monotonic()
 
     def stage(name: str) -> Any:
@@ -132,10 +138,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         elapsed = time.monotonic() - started
-        bar = tqdm(
+        bar = progress_bar(
             total=1000,
             desc=f"[{elapsed / 60:5.1f} min] {name}",
-            unit="‰",
             leave=False,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
         )
@@ -156,8 +161,6 @@ def cmd_repro(args: argparse.Namespace) -> int:
             bar.close()
     print((args.out / "results.md").read_text())
     print(
-        f"Wrote {args.out}/results.json, results.md, rows.png"
-        + (", curve.png" if "curve" in result else "")
-        + f" in {result['seconds'] / 60:.1f} min."
+        f"Wrote {args.out}/results.json, results.md, rows.png in {result['seconds'] / 60:.1f} min."
     )
     return 0

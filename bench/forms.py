@@ -1,6 +1,7 @@
 """Part 1 of the benchmark: the bare batched forward pass of every form of the served model
 (fp32, int8 dynamic quantization, torch.compile, ONNX Runtime), in-process, with the test
-macro-F1 of each form."""
+macro-F1 of each form; and of a student with half its layers (a job's student_layers),
+for its speed beside the full model in the same run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.ml.modeling import Classifier, load_classifier, quantize_int8
+from app.ml.modeling import (
+    Classifier,
+    encoder_layers,
+    keep_layers,
+    load_classifier,
+    quantize_int8,
+)
 
 
 def log(message: str) -> None:
@@ -51,11 +58,20 @@ def measure_forms(
     from bench import variants
 
     fp32 = load_classifier(folder, max_length)
+    # The student a job with student_layers = half makes: the same blocks, half as many.
+    # Cut here, not trained, so only its speed means anything; its quality is measured by
+    # `make repro` (README, "Does it work?").
+    student = load_classifier(folder, max_length)
+    layers = len(encoder_layers(student.model))
+    keep_layers(student.model, max(1, layers // 2))
+    half = f"student {max(1, layers // 2)} of {layers} layers"
     builders: dict[str, Any] = {
         "fp32": lambda: fp32,
         "int8": lambda: quantize_int8(fp32),
         "torch.compile": lambda: variants.compiled(fp32),
         "onnxruntime": lambda: variants.onnx_runtime(fp32, workdir),
+        f"{half}, fp32": lambda: student,
+        f"{half}, onnxruntime": lambda: variants.onnx_runtime(student, workdir / "student"),
     }
     forms: dict[str, Any] = {}
     for name, build in builders.items():
@@ -67,13 +83,18 @@ def measure_forms(
             continue
         speed = measure_ceiling(model, texts, sizes, seconds)
         best = max(speed, key=lambda b: speed[b]["texts_per_s"])
-        f1 = evaluate(model, [t for t, _ in test], [label for _, label in test])["macro_f1"]
+        speed_only = name.startswith("student")
+        f1 = (
+            None
+            if speed_only
+            else evaluate(model, [t for t, _ in test], [label for _, label in test])["macro_f1"]
+        )
         forms[name] = {
             "by_batch": speed,
             "best_batch": best,
             "best_texts_per_s": speed[best]["texts_per_s"],
             "batch1_ms": speed[1]["ms_per_batch"],
-            "test_macro_f1": round(f1, 4),
+            "test_macro_f1": None if f1 is None else round(f1, 4),
             "setup_seconds": round(getattr(model, "setup_seconds", 0.0), 1),
         }
         del model

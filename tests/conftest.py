@@ -7,11 +7,16 @@ import json
 import os
 import random
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -155,3 +160,54 @@ def published_copy(
     data = tmp_path / "data"
     shutil.copytree(published_template, data)
     return make_settings(data, tiny_base, gold_file)
+
+
+class RecordingQueue:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, list]] = []
+        self.fail = fail
+
+    def send_task(self, name, args, **_kw):
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append((name, args))
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+    store: Store  # a second connection to the same store, as a worker process would hold
+
+
+@pytest.fixture
+def live_server(published_copy: Settings) -> Iterator[LiveServer]:
+    """uvicorn serving the app (tiny model v1 published) in a thread, on a free port."""
+    from app.main import create_app
+    from tests.processes import free_port
+
+    port = free_port()
+    app = create_app(published_copy, job_queue=RecordingQueue())
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the API did not become ready in 60 s")
+    store = Store(published_copy.store_url)
+    try:
+        yield LiveServer(url, published_copy, store)
+    finally:
+        store.dispose()
+        server.should_exit = True
+        thread.join(30)

@@ -12,19 +12,8 @@ from app.main import create_app
 from app.store import jobs, pseudo_labels
 from app.store import registry as versions
 from app.store.database import Store
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, RecordingQueue
 from workers.retrain import run_retrain_job
-
-
-class RecordingQueue:
-    def __init__(self, fail: bool = False) -> None:
-        self.sent: list[tuple[str, list]] = []
-        self.fail = fail
-
-    def send_task(self, name, args, **_kw):
-        if self.fail:
-            raise ConnectionError("broker down")
-        self.sent.append((name, args))
 
 
 @pytest.fixture
@@ -199,6 +188,12 @@ def test_job_submit_run_and_swap(api):
     assert [m["version"] for m in models] == [2, 1]
     assert models[0]["active"] and models[0]["parent_version"] == 1
     assert models[0]["lineage"]["kind"] == "retrain"
+    # What the gate saw, and the depth of each version, are part of the answer.
+    assert models[0]["layers"] == models[1]["layers"] == 2
+    assert models[0]["promotion"]["rule"] == "better" and models[1]["promotion"] is None
+    assert models[0]["promotion"] == view["metrics"]["comparison"]
+    fragment = api.get("/dashboard/fragments/versions").text
+    assert "better: gain" in fragment and "answers changed" in fragment
     # Roll back.
     r = api.post("/models/1/activate")
     assert r.status_code == 200 and r.json()["active"]

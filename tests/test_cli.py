@@ -213,6 +213,30 @@ def test_label_three_formats_in_order_and_stored(live, capsys, tmp_path):
     status, _, err = pfp(capsys, live, "label", str(bad))
     assert status == 2 and "no 'text' column" in err
 
+    # Off a terminal (capsys is not one), progress is plain lines, not a silent bar.
+    status, _, err = pfp(capsys, live, "label", str(txt), "--batch-size", "1")
+    assert status == 0 and "label: 100% (5/5 texts)" in err and "\r" not in err
+
+
+def test_files_the_service_cannot_take_are_refused_before_anything_is_sent(live, capsys, tmp_path):
+    before = len(_all_rows(live.store))
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": "bad \\ud800"}\n')
+    status, _, err = pfp(capsys, live, "label", str(hostile))
+    assert status == 2 and "hostile.jsonl:3" in err and "lone surrogate" in err
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 ok\n".encode("latin-1"))
+    status, _, err = pfp(capsys, live, "label", str(latin))
+    assert status == 2 and "not UTF-8" in err
+    assert len(_all_rows(live.store)) == before  # nothing of either file was stored
+
+    gold_file = tmp_path / "gold.jsonl"
+    gold_file.write_text(
+        '{"text": "good", "label": "neutral"}\n{"text": "x\\udfff", "label": "neutral"}\n'
+    )
+    status, _, err = pfp(capsys, live, "import-gold", str(gold_file))
+    assert status == 2 and "row 2" in err and "lone surrogate" in err
+
 
 @pytest.fixture(scope="module")
 def export_rows(live: LiveApi) -> list[PseudoLabel]:
@@ -425,6 +449,8 @@ def test_jobs_and_models(live, capsys):
     assert live.queue.sent[-1] == ("pfp.retrain", [first])
     status, out, _ = pfp(capsys, live, "jobs", "list")
     assert status == 0 and first in out and "queued" in out
+    created = out.splitlines()[1].split()[5]
+    assert created.endswith("Z") and "T" in created  # ISO 8601 in UTC, as the API gives
     status, out, _ = pfp(capsys, live, "jobs", "cancel", first)
     assert status == 0 and f"Job {first} cancelled." in out
     status, out, _ = pfp(capsys, live, "jobs", "watch", first)
@@ -457,9 +483,13 @@ def test_jobs_and_models(live, capsys):
         assert jobs.get_job(s, job_id).params["promotion_margin"] == -1  # type: ignore[union-attr]
     worker = threading.Thread(target=run_retrain_job, args=(job_id, live.settings, live.store))
     worker.start()
-    status, out, _ = pfp(capsys, live, "jobs", "watch", job_id, "--interval", "0.2")
+    status, out, err = pfp(capsys, live, "jobs", "watch", job_id, "--interval", "0.2")
     worker.join()
     assert status == 0 and f"Job {job_id} succeeded." in out and "Decision:" in out
+    # Off a terminal, a line per stage change rather than nothing until the end.
+    lines = err.splitlines()
+    assert lines[0].startswith("pretraining: ") and lines[-1].startswith("publishing: 100%")
+    assert "succeeded" in lines[-1] and "\r" not in err
 
     status, out, _ = pfp(capsys, live, "models", "list")
     assert status == 0

@@ -6,16 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
@@ -26,8 +22,8 @@ from app.store import jobs, pseudo_labels, stats
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction
 from app.store.tables import utcnow
-from tests.conftest import ADMIN_KEY, LABEL_KEY, LABELS
-from tests.processes import ROOT, free_port
+from tests.conftest import ADMIN_KEY, LABEL_KEY, LABELS, LiveServer
+from tests.processes import ROOT
 from tests.test_api import RecordingQueue
 from workers.progress import JobReporter
 from workers.retrain import STAGES
@@ -191,43 +187,6 @@ def test_charts_escape_names_from_the_store():
 
 
 # --- the page in a real browser -------------------------------------------------------------
-
-
-@dataclass
-class LiveServer:
-    url: str
-    settings: Settings
-    store: Store  # a second connection to the same store, as a worker process would hold
-
-
-@pytest.fixture
-def live_server(published_copy: Settings) -> Iterator[LiveServer]:
-    """uvicorn serving the app (tiny model v1 published) in a thread, on a free port."""
-    port = free_port()
-    app = create_app(published_copy, job_queue=RecordingQueue())
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the API did not become ready in 60 s")
-    store = Store(published_copy.store_url)
-    try:
-        yield LiveServer(url, published_copy, store)
-    finally:
-        store.dispose()
-        server.should_exit = True
-        thread.join(30)
 
 
 def _seed_history(live: LiveServer) -> str:

@@ -1,10 +1,11 @@
-"""`pfp repro --quick`: the ablation runs end to end and writes a table, a JSON and a plot
-whose numbers agree with each other. (The tiny test encoder keeps it to seconds; the real
-table is `make repro`.)"""
+"""`pfp repro --quick`: the experiment runs end to end, compares every row with its
+compute-matched control seed by seed, and writes a table, a JSON and a plot that agree.
+(The tiny test encoder keeps it to seconds; the real table is `make repro`.)"""
 
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from pathlib import Path
 
@@ -12,8 +13,18 @@ import pytest
 
 from app.cli import main
 from app.ml.job_params import JobParams
-from app.ml.repro import VARIANTS, ReproConfig, load_data
+from app.ml.repro import (
+    MAIN_ROWS,
+    ROWS,
+    ReproConfig,
+    draw_labeled,
+    load_data,
+    paired,
+)
 from tests.conftest import write_gold_file
+
+# The tiny encoder learns nothing at the job's default rate: let it, so rows differ.
+FAST = ["--param", "finetune_learning_rate=0.003", "--param", "pretrain_learning_rate=0.003"]
 
 
 def _run(argv: list[str]) -> int:
@@ -24,93 +35,161 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-def test_quick_repro_on_the_demo_tweets(tiny_base: Path, tmp_path: Path, capsys):
-    out = tmp_path / "repro"
-    assert _run(["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out)]) == 0
+@pytest.fixture(scope="module")
+def quick_table(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("repro")
+    assert _run(["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out), *FAST]) == 0
     result = json.loads((out / "results.json").read_text())
-    names = [v.name for v in VARIANTS]
-    assert list(result["summary"]) == names
-    assert [s["seed"] for s in result["seeds"]] == [1, 2, 3]
-    for seed in result["seeds"]:
-        assert set(seed["rows"]) == set(names)
-        pool = seed["pool"]
-        assert pool["texts"] == 200 and 0 < pool["in_domain"] < 200  # both kinds of tweets
-        for key in ("pseudo_label_accuracy", "pseudo_label_accuracy_in_domain"):
-            assert 0.0 <= pool[key] <= 1.0
+    result["_out"] = str(out)
+    return result
+
+
+def test_every_row_is_compared_with_its_control_seed_by_seed(quick_table: dict):
+    result = quick_table
+    assert result["control"] == "control"
+    (table,) = result["tables"]
+    assert table["labeled_size"] == 60 and list(table["summary"]) == MAIN_ROWS
+    assert [s["seed"] for s in table["seeds"]] == [1, 2]
+    for seed in table["seeds"]:
+        assert set(seed["rows"]) == set(MAIN_ROWS)
+        assert seed["labeled"] == 60 and 0.0 <= seed["pool"]["pseudo_label_accuracy"] <= 1.0
         for name, row in seed["rows"].items():
             assert row["test"]["n"] == 200 and row["dev"]["n"] == 100, name
-            assert 0.0 <= row["test"]["macro_f1"] <= 1.0
-        assert seed["rows"]["tapt"]["pretrain_loss"]["task_loss"] == [0.0, 0.0]
-        assert seed["rows"]["hard_only"]["pretrain_loss"]["mlm_loss"] == [0.0, 0.0]
-    # The summary is the mean and sd of the per-seed numbers, and the gain is paired.
-    for name in names:
-        values = [s["rows"][name]["test"]["macro_f1"] for s in result["seeds"]]
-        entry = result["summary"][name]
+        # Every row had the same step budget: the control all on gold, a method row split
+        # between the pool and gold (fine-tuning may stop early on dev).
+        budget = seed["steps_budget"]
+        assert seed["rows"]["control"]["steps"]["finetune"] <= budget
+        kd = seed["rows"]["kd"]["steps"]
+        assert kd["pretrain"] + kd["finetune"] <= budget and kd["pretrain"] > 0
+        assert seed["rows"]["kd_half_topk"]["pool_used"]["used"] < seed["pool"]["texts"]
+    for name, entry in table["summary"].items():
+        values = [s["rows"][name]["test"]["macro_f1"] for s in table["seeds"]]
         assert entry["test_macro_f1_mean"] == pytest.approx(statistics.fmean(values), abs=1e-5)
-        assert entry["test_macro_f1_sd"] == pytest.approx(statistics.stdev(values), abs=1e-5)
-        base = result["summary"]["baseline"]["test_macro_f1_mean"]
-        assert entry["test_macro_f1_gain"] == pytest.approx(
-            entry["test_macro_f1_mean"] - base, abs=1e-5
-        )
+        control = "control_half" if "half" in name else "control"
+        if name == control:
+            assert "vs_control" not in entry
+            continue
+        reference = [s["rows"][control]["test"]["macro_f1"] for s in table["seeds"]]
+        diffs = [a - b for a, b in zip(values, reference, strict=True)]
+        vs = entry["vs_control"]
+        assert vs["row"] == control and vs["n"] == 2
+        assert vs["mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-5)
+        low, high = vs["ci95"]
+        assert low <= vs["mean"] <= high
+        assert vs["wins"] == sum(d > 0 for d in diffs)
+        assert "gate_vs_teacher" in entry
+
+
+def test_the_table_the_json_and_the_plot_agree(quick_table: dict):
+    out = Path(quick_table["_out"])
     table = (out / "results.md").read_text()
-    for name in names:
+    for name in MAIN_ROWS:
         assert f"`{name}`" in table
+    summary = quick_table["tables"][0]["summary"]
+    kd = summary["kd"]
+    assert f"{100 * kd['test_macro_f1_mean']:.2f} ± {100 * kd['test_macro_f1_sd']:.2f}" in table
+    assert f"{100 * kd['vs_control']['mean']:+.2f}" in table
+    assert "Pool size and mix" in table
+    curve = quick_table["pool_curve"]
+    assert curve["row"] == "kd_half"
+    assert list(curve["points"]) == ["100_in", "100_in+100_ood", "300_in (all)"]
     assert (out / "rows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "test macro-F1" in capsys.readouterr().out
-    # Nothing half-written is left beside the results.
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "rows.png"]
 
 
-def test_repro_on_a_gold_file_with_chosen_rows_and_the_curve(tiny_base: Path, tmp_path: Path):
-    gold = write_gold_file(tmp_path / "gold.jsonl", n=600, seed=4)
-    out = tmp_path / "repro"
+def test_rows_rerun_exactly(quick_table: dict, tiny_base: Path, tmp_path: Path):
+    """`--rows` trains the teacher again and then only the rows asked for: the same numbers."""
+    out = tmp_path / "again"
+    argv = ["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out), *FAST]
+    assert _run([*argv, "--rows", "kd_half_noise", "--no-pool-curve"]) == 0
+    again = json.loads((out / "results.json").read_text())["tables"][0]
+    assert list(again["summary"]) == ["control", "kd_half_noise"]
+    for before, after in zip(quick_table["tables"][0]["seeds"], again["seeds"], strict=True):
+        for name in ("control", "kd_half_noise"):
+            assert after["rows"][name]["test"] == before["rows"][name]["test"], name
+
+
+def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w") as handle:
+        for text, label in rows:
+            handle.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["long_documents", "many_classes", "binary"])
+def test_any_gold_file(kind: str, tiny_base: Path, tmp_path: Path):
+    rng = random.Random(3)
+    if kind == "long_documents":
+        # The label is only said at the end of a long document: head+tail keeps it.
+        rows = [
+            (
+                " ".join(rng.choice(["report", "filed", "today", "page"]) for _ in range(600))
+                + f" doc{i} verdict {'approved' if i % 2 else 'denied'}",
+                "yes" if i % 2 else "no",
+            )
+            for i in range(500)
+        ]
+    elif kind == "many_classes":
+        rows = [(f"topic{i % 24} words {rng.random()}", f"class{i % 24:02d}") for i in range(700)]
+    else:
+        rows = [(f"{'good' if i % 2 else 'bad'} item {i}", str(i % 2)) for i in range(500)]
+    gold = _write(tmp_path / "gold.jsonl", rows)
+    out = tmp_path / "out"
     argv = ["repro", "--quick", "--base-model", str(tiny_base), "--gold-file", str(gold)]
-    argv += ["--rows", "soft_only", "--seeds", "1,2", "--curve-sizes", "50,100"]
-    assert _run([*argv, "--out", str(out)]) == 0
+    argv += ["--rows", "kd_half", "--seeds", "1", "--out", str(out)]
+    assert _run(argv) == 0
     result = json.loads((out / "results.json").read_text())
-    assert list(result["summary"]) == ["baseline", "soft_only"]
-    assert result["seeds"][0]["pool"]["pseudo_label_accuracy_out_of_domain"] is None
-    curve = result["curve"]
-    assert curve["variant"] == "soft_only"
-    assert [p["labeled_size"] for p in curve["rows"]["baseline"]] == [50, 100]
-    assert (out / "curve.png").is_file()
+    labels = sorted({label for _, label in rows})
+    assert result["data"]["labels"] == labels
+    seed = result["tables"][0]["seeds"][0]
+    # Every class is in the labeled set, even 24 of them in 60 texts.
+    assert set(seed["labeled_distribution"]) == set(labels)
+    config = result["config"]
+    if kind == "long_documents":
+        assert config["truncation"] == "head_tail" and config["max_length"] == 128
+    else:
+        assert config["truncation"] == "head" and config["max_length"] == 32
+    assert "pool_curve" in result and "100_in+100_ood" not in result["pool_curve"]["points"]
 
 
 def test_repro_refuses_what_it_cannot_run(tiny_base: Path, tmp_path: Path, capsys):
-    gold = write_gold_file(tmp_path / "gold.jsonl", n=100, seed=4)
+    gold = write_gold_file(tmp_path / "gold.jsonl", n=80, seed=4)
     out = tmp_path / "repro"
     argv = ["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out)]
     assert _run([*argv, "--gold-file", str(gold)]) == 2
-    assert "distinct labeled texts" in capsys.readouterr().err
-    assert _run([*argv, "--rows", "baseline,magic"]) == 2
+    assert "leave no pool" in capsys.readouterr().err
+    assert _run([*argv, "--rows", "kd,magic"]) == 2
     assert "unknown rows ['magic']" in capsys.readouterr().err
     assert _run([*argv, "--param", "mlm_weight=-1"]) == 2
     assert "bad --param" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_in_domain_pool_and_job_parameters_for_every_row(tiny_base: Path, tmp_path: Path):
-    out = tmp_path / "repro"
-    argv = ["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out), "--seeds", "1"]
-    argv += ["--rows", "soft_mlm", "--in-domain-pool", "--param", "pretrain_max_steps=3"]
-    assert _run(argv) == 0
-    result = json.loads((out / "results.json").read_text())
-    pool = result["seeds"][0]["pool"]
-    assert pool["in_domain"] == pool["texts"] == 200
-    assert pool["pseudo_label_accuracy_out_of_domain"] is None
-    assert result["config"]["job_params"] == {"pretrain_max_steps": 3}
-
-
-def test_splits_do_not_overlap_and_rows_are_job_parameters():
+def test_labeled_sets_are_stratified_and_splits_do_not_overlap():
     data = load_data(ReproConfig.quick())
     dev, test = {t for t, _ in data.dev}, {t for t, _ in data.test}
     rest = {t for t, _ in data.in_domain} | {t for t, _ in data.out_of_domain}
     assert not dev & test and not (dev | test) & rest
-    # Every row trains with parameters the retraining job accepts as they are.
-    for variant in VARIANTS:
-        JobParams.model_validate(ReproConfig().params(1, **variant.overrides).model_dump())
+    labeled, pool = draw_labeled(data.in_domain, 200, random.Random(1))
+    assert len(labeled) == 200 and len(labeled) + len(pool) == len(data.in_domain)
+    assert not {t for t, _ in labeled} & {t for t, _ in pool}
+    share = {
+        lbl: sum(1 for _, x in data.in_domain if x == lbl) / len(data.in_domain)
+        for lbl in data.labels
+    }
+    for label in data.labels:
+        assert abs(sum(1 for _, x in labeled if x == label) - 200 * share[label]) <= 1
 
 
-def test_job_parameters_need_something_to_pre_train():
-    with pytest.raises(ValueError, match="cannot both be 0"):
-        JobParams(mlm_weight=0, task_weight=0)
+def test_rows_are_job_parameters_and_intervals_are_t_intervals():
+    for row in ROWS:
+        if row.method is not None:
+            JobParams.model_validate(
+                ReproConfig(max_length=64).params(1, **row.method).model_dump()
+            )
+    # Five seeds: mean ± 2.776 x sd / sqrt(5).
+    diff = paired([0.80, 0.82, 0.81, 0.83, 0.79], [0.79, 0.80, 0.80, 0.80, 0.78])
+    assert diff["mean"] == pytest.approx(0.016)
+    half = 2.776 * statistics.stdev([0.01, 0.02, 0.01, 0.03, 0.01]) / 5**0.5
+    assert diff["ci95"] == pytest.approx([0.016 - half, 0.016 + half], abs=1e-5)
+    assert diff["wins"] == 5

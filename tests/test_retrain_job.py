@@ -54,17 +54,25 @@ def ready(published_copy: Settings):
 
 def test_job_publishes_a_winning_candidate(ready):
     settings, store = ready
-    job_id = _submit(store, promotion_margin=-1.0, label_mode="hard")
+    job_id = _submit(store, promotion_margin=-1.0, label_mode="hard", mlm_weight=1.0)
     run_retrain_job(job_id, settings, store)
     job = _job(store, job_id)
     assert job.status == "succeeded", job.error
     assert job.progress == 1.0 and job.promoted is True
-    assert set(job.metrics) == {"candidate", "champion"}
+    assert set(job.metrics) == {"candidate", "champion", "comparison"}
     for side in ("candidate", "champion"):
         for split in ("dev", "test"):
             assert set(job.metrics[side][split]) == {"accuracy", "macro_f1", "n"}
+    comparison = job.metrics["comparison"]
+    assert comparison["rule"] == "better" and comparison["publish"] is True
+    assert comparison["gain"] == pytest.approx(
+        job.metrics["candidate"]["dev"]["macro_f1"] - job.metrics["champion"]["dev"]["macro_f1"],
+        abs=1e-4,
+    )
+    assert 0.0 <= comparison["test_changed_share"] <= 1.0
     assert {"pretraining", "finetuning"} <= set(job.history)
     assert job.history["pretraining"]["mlm_loss"][0] > 5  # MLM head starts near ln(vocab)
+    assert job.history["finetuning"]["selection"]["best_step"] in (1, 2, 3)
     with store.session() as s:
         assert versions.active_version(s) == job.candidate_version == 2
         row = versions.get_version(s, 2)
@@ -86,6 +94,52 @@ def test_losing_candidate_is_recorded_and_not_served(ready):
     with store.session() as s:
         assert versions.active_version(s) == 1
         assert versions.get_version(s, job.candidate_version).decision == "rejected"
+
+
+def test_a_candidate_trained_like_the_champion_does_not_replace_it(ready):
+    """Running the same job twice must not swap the served model back and forth: the second
+    candidate is no better in expectation, and the gate asks for evidence of a gain."""
+    settings, store = ready
+    first = _submit(store, promotion_margin=-1.0, seed=1)
+    run_retrain_job(first, settings, store)
+    assert _job(store, first).promoted is True
+    again = _submit(store, seed=2)
+    run_retrain_job(again, settings, store)
+    job = _job(store, again)
+    assert job.status == "succeeded" and job.promoted is False
+    comparison = job.metrics["comparison"]
+    assert comparison["lower_bound"] <= 0.0 and "not shown better" in job.decision_reason
+    with store.session() as s:
+        assert versions.active_version(s) == _job(store, first).candidate_version
+
+
+def test_a_faster_student_is_published_under_its_rule_and_shown(ready):
+    settings, store = ready
+    job_id = _submit(
+        store,
+        student_layers=1,
+        promotion_rule="faster_no_worse",
+        promotion_tolerance=1.0,
+        finetune_max_steps=6,
+    )
+    run_retrain_job(job_id, settings, store)
+    job = _job(store, job_id)
+    assert job.status == "succeeded", job.error
+    comparison = job.metrics["comparison"]
+    assert comparison["candidate_layers"] == 1 and comparison["relative_cost"] == 0.5
+    assert comparison["faster"] is True
+    assert job.promoted is True, job.decision_reason
+    card = (version_dir(settings, job.candidate_version) / "README.md").read_text()
+    assert "| encoder layers | 1 |" in card and "faster_no_worse" in card
+    assert "0.50 of the champion's" in card
+    from transformers import AutoConfig
+
+    assert (
+        AutoConfig.from_pretrained(
+            str(version_dir(settings, job.candidate_version))
+        ).num_hidden_layers
+        == 1
+    )
 
 
 def test_cancel_while_running_stops_the_job(ready, monkeypatch):

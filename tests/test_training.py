@@ -105,3 +105,155 @@ def test_progress_callback_can_stop_training(tiny_base: Path):
             LoopConfig(epochs=1, batch_size=4),
             stop_at_half,
         )
+
+
+def _rows(n: int, seed: int) -> tuple[list[str], list[str]]:
+    rows = synthetic_texts(n, seed=seed)
+    return [t for t, _ in rows], [label for _, label in rows]
+
+
+def test_fine_tune_ends_on_its_best_dev_checkpoint(tiny_base: Path):
+    texts, labels = _rows(240, 5)
+    dev = _rows(60, 6)
+    torch.manual_seed(0)
+    model, tokenizer = init_classifier(tiny_base, LABELS)
+    config = LoopConfig(
+        max_steps=40, batch_size=16, learning_rate=3e-3, max_length=32, eval_every=8
+    )
+    history = fine_tune(model, tokenizer, texts, labels, config, dev=dev)
+    selection = history.as_dict()["selection"]
+    assert isinstance(selection, dict)
+    assert selection["steps"] == [8, 16, 24, 32, 40]
+    best = max(selection["macro_f1"])
+    assert selection["best_step"] == selection["steps"][selection["macro_f1"].index(best)]
+    # The model it returns is that checkpoint: scoring dev again gives the best score.
+    after = evaluate(Classifier(model, tokenizer, LABELS, 32), *dev)
+    assert after["macro_f1"] == pytest.approx(best, abs=1e-4)
+
+
+def test_fine_tune_stops_after_its_patience(tiny_base: Path):
+    texts, labels = _rows(120, 5)
+    model, tokenizer = init_classifier(tiny_base, LABELS)
+    # A zero learning rate never improves on the first scoring: patience 2 ends the run
+    # at the third, long before its 100 steps.
+    config = LoopConfig(
+        max_steps=100, batch_size=8, learning_rate=0.0, max_length=32, eval_every=5, patience=2
+    )
+    calls: list[float] = []
+    history = fine_tune(
+        model, tokenizer, texts, labels, config, lambda f, _l: calls.append(f), dev=_rows(30, 6)
+    )
+    selection = history.as_dict()["selection"]
+    assert isinstance(selection, dict)
+    assert selection["steps"] == [5, 10, 15] and selection["stopped_early"] is True
+    assert selection["best_step"] == 5
+    assert calls[-1] == 1.0  # progress still ends at 100%
+
+
+def test_a_student_keeps_evenly_spaced_layers_and_loads_as_a_plain_model(
+    tiny_base: Path, tmp_path: Path
+):
+    from transformers import AutoModelForSequenceClassification
+
+    from app.ml.modeling import encoder_layers, save_classifier
+
+    full, _ = init_classifier(tiny_base, LABELS)
+    torch.manual_seed(0)
+    student, tokenizer = init_classifier(tiny_base, LABELS, layers=1)
+    assert len(encoder_layers(student)) == 1 and student.config.num_hidden_layers == 1
+    kept = encoder_layers(student)[0].state_dict()
+    for name, value in encoder_layers(full)[0].state_dict().items():
+        assert torch.equal(kept[name], value), name  # layer 0 of the start model
+    save_classifier(student, tokenizer, tmp_path / "student")
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "student"))
+    assert loaded.config.num_hidden_layers == 1
+    with pytest.raises(ValueError, match="only 2 layers"):
+        init_classifier(tiny_base, LABELS, layers=5)
+
+
+def test_head_tail_truncation_keeps_both_ends(tiny_base: Path):
+    from app.ml.modeling import encode_texts
+
+    _, tokenizer = init_classifier(tiny_base, LABELS)
+    text = "opening words " + "filler " * 400 + "the verdict at the end"
+    head = encode_texts(tokenizer, [text], 32, "head")["input_ids"][0]
+    both = encode_texts(tokenizer, [text], 32, "head_tail")
+    ids = both["input_ids"][0]
+    assert len(ids) == len(head) == 32 == len(both["attention_mask"][0])
+    assert ids[:4] == head[:4]  # [CLS] opening words ...
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded.startswith("opening words") and decoded.endswith("the verdict at the end")
+    assert "verdict" not in tokenizer.decode(head)
+    # Short texts are the same either way.
+    short = encode_texts(tokenizer, ["@united thanks"], 32, "head_tail")["input_ids"]
+    assert short == encode_texts(tokenizer, ["@united thanks"], 32, "head")["input_ids"]
+
+
+def test_token_deletion_keeps_special_tokens_and_some_text():
+    import random
+
+    from app.ml.training import delete_tokens
+
+    special = {101, 102}
+    rng = random.Random(0)
+    ids = [101, 5, 6, 7, 8, 9, 102]
+    noised = [delete_tokens(ids, 0.3, special, rng) for _ in range(200)]
+    assert all(n[0] == 101 and n[-1] == 102 and len(n) >= 3 for n in noised)
+    assert any(len(n) < len(ids) for n in noised)
+    assert delete_tokens(ids, 1.0, special, rng)[1] in {5, 6, 7, 8, 9}  # never empty
+
+
+def test_distillation_without_mlm_needs_no_head_and_learns_the_teacher(tiny_base: Path):
+    texts, labels = _rows(150, 7)
+    teacher = [[4.0 if LABELS[i] == label else 0.0 for i in range(3)] for label in labels]
+    torch.manual_seed(0)
+    model, tokenizer = init_classifier(tiny_base, LABELS)
+    history = pretrain_joint(
+        JointModel(model),
+        tokenizer,
+        texts,
+        teacher,
+        PretrainConfig(
+            max_steps=80,
+            batch_size=16,
+            max_length=32,
+            log_every=1,
+            soft_labels=True,
+            mlm_weight=0.0,
+            task_on_clean_input=True,
+            token_deletion=0.1,
+            learning_rate=3e-3,
+        ),
+    )
+    assert history.extra["mlm_loss"] == [0.0] * 80
+    assert sum(history.loss[-10:]) < sum(history.loss[:10]) / 2
+    agreement = evaluate(Classifier(model, tokenizer, LABELS, 32), texts, labels)["accuracy"]
+    assert agreement > 0.9
+
+
+def test_mlm_warm_up_trains_the_head_alone(tiny_base: Path):
+    from app.ml.training import _warm_up_mlm_head
+
+    model, tokenizer = init_classifier(tiny_base, LABELS)
+    joint = JointModel.from_classifier(model, tiny_base)
+    encoder_before = {k: v.clone() for k, v in model.state_dict().items()}
+    head_before = {k: v.clone() for k, v in joint.mlm_head.state_dict().items()}
+    ids = tokenizer([t for t, _ in synthetic_texts(64, 2)])["input_ids"]
+    config = PretrainConfig(batch_size=16, max_length=32, mlm_warmup_steps=5)
+    losses = _warm_up_mlm_head(joint, tokenizer, ids, config, torch.Generator().manual_seed(0))
+    assert len(losses) == 5
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, encoder_before[name]), name
+    changed = [
+        n for n, v in joint.mlm_head.state_dict().items() if not torch.equal(v, head_before[n])
+    ]
+    assert changed and "predictions.transform.dense.weight" in changed
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+
+
+def test_balanced_top_k_keeps_the_most_confident_of_each_class():
+    from app.ml.pool import balanced_top_k
+
+    logits = [[5, 0, 0], [1, 0, 0], [0, 3, 0], [0, 0, 2], [0, 0, 9], [3, 0, 0]]
+    assert balanced_top_k(logits, 2) == [0, 2, 3, 4, 5]  # class 0: rows 0 and 5, not 1
+    assert balanced_top_k(logits, 0) == list(range(6))

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.ml.data import demo_gold, read_gold_file
+from app.ml.job_params import JobParams
+from app.ml.method import finetune_config
 from app.ml.modeling import Classifier, init_classifier, save_classifier
-from app.ml.training import LoopConfig, ProgressFn, evaluate, fine_tune
+from app.ml.training import ProgressFn, evaluate, fine_tune
 from app.registry import PublishConflict, activate_if_champion, notify_swap, write_version
 from app.store import gold
 from app.store import registry as versions
@@ -69,13 +71,18 @@ def bootstrap_first_model(
 
         base = settings.base_model_path
         model, tokenizer = init_classifier(base, labels)
-        config = LoopConfig(
-            epochs=settings.bootstrap_epochs,
-            max_steps=settings.bootstrap_max_steps,
+        # Fine-tuned as a job fine-tunes (precision, checkpoint kept by dev macro-F1), so
+        # the first champion and later candidates are chosen the same way.
+        params = JobParams(
+            finetune_epochs=settings.bootstrap_epochs,
+            finetune_max_steps=settings.bootstrap_max_steps,
             max_length=settings.max_length,
             seed=settings.seed,
         )
-        history = fine_tune(model, tokenizer, *train, config, _for_stage(report, "fine-tuning"))
+        config = finetune_config(params)
+        history = fine_tune(
+            model, tokenizer, *train, config, _for_stage(report, "fine-tuning"), dev=dev
+        )
         classifier = Classifier(model, tokenizer, labels, settings.max_length)
         metrics = {}
         for split, (texts, gold_labels) in (("dev", dev), ("test", test)):
@@ -95,6 +102,7 @@ def bootstrap_first_model(
                 "kind": "bootstrap",
                 "start_path": str(base),
                 "gold_train": len(train[0]),
+                "layers": int(model.config.num_hidden_layers),
                 "finetune": {**config.__dict__, "loss": history.as_dict()},
             },
             decision="published",

@@ -6,12 +6,15 @@
    the active model -> model C;
 3. fine-tuning of C on the gold train split -> the candidate (model D);
 4. evaluation of candidate and champion on gold dev and test;
-5. publish the candidate if it beats the champion on dev macro-F1 by the margin.
+5. the promotion gate (app/ml/promotion.py): publish the candidate if a paired bootstrap on
+   dev shows it better than the champion (or, under the faster_no_worse rule, faster and
+   no worse than the tolerance).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +24,8 @@ from app.core.config import Settings
 from app.ml.job_params import JobParams
 from app.ml.method import fine_tune_on_gold, pretrain_on_predictions
 from app.ml.modeling import Classifier, load_classifier, save_classifier
-from app.ml.training import evaluate
+from app.ml.promotion import changed_share, decide, encoder_cost
+from app.ml.training import ProgressFn, predict, scores
 from app.registry import (
     PublishConflict,
     activate_if_champion,
@@ -171,29 +175,59 @@ def _retrain(
     _save_history(store, job_id, "pretraining", history.as_dict())
 
     report.enter("finetuning")
-    history = fine_tune_on_gold(model, tokenizer, train_texts, train_labels, params, report)
+    history = fine_tune_on_gold(
+        model, tokenizer, train_texts, train_labels, params, report, dev=dev
+    )
     _save_history(store, job_id, "finetuning", history.as_dict())
 
     report.enter("evaluating")
-    # Both are scored as they are (or would be) served: with the serving max_length.
-    candidate = Classifier(model, tokenizer, labels, settings.max_length)
+    # Both are scored as they are (or would be) served: with the serving max_length, each
+    # cutting long texts the way it was trained to.
+    candidate = Classifier(
+        model, tokenizer, labels, settings.max_length, truncation=params.truncation
+    )
     champion_model = load_classifier(version_dir(settings, champion), settings.max_length)
-    metrics = {
-        "candidate": _evaluate_both(candidate, dev, test, lambda f: report(f / 2)),
-        "champion": _evaluate_both(champion_model, dev, test, lambda f: report(0.5 + f / 2)),
-    }
+    candidate_eval = _evaluate_both(candidate, dev, test, lambda f: report(f / 2))
+    champion_eval = _evaluate_both(champion_model, dev, test, lambda f: report(0.5 + f / 2))
+    relative_cost = encoder_cost(model) / max(1, encoder_cost(champion_model.model))
     del champion_model
+    metrics: dict[str, Any] = {
+        "candidate": candidate_eval.metrics,
+        "champion": champion_eval.metrics,
+    }
 
     report.enter("publishing")
     margin = (
         settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
     )
-    gain = metrics["candidate"]["dev"]["macro_f1"] - metrics["champion"]["dev"]["macro_f1"]
-    wins = gain >= margin
+    decision = decide(
+        dev[1],
+        candidate_eval.predictions["dev"],
+        champion_eval.predictions["dev"],
+        labels,
+        rule=params.promotion_rule,
+        margin=margin,
+        tolerance=params.promotion_tolerance,
+        confidence=params.promotion_confidence,
+        relative_cost=relative_cost,
+    )
+    wins = decision.publish
+    # The churn users would see: answers on test that change if the candidate is served.
+    changed = (
+        changed_share(champion_eval.predictions["test"], candidate_eval.predictions["test"])
+        if test[0]
+        else None
+    )
+    metrics["comparison"] = {
+        **decision.as_dict(),
+        "test_changed_share": None if changed is None else round(changed, 5),
+        "candidate_layers": int(model.config.num_hidden_layers),
+        "candidate_texts_per_second": candidate_eval.texts_per_second,
+        "champion_texts_per_second": champion_eval.texts_per_second,
+    }
     reason = (
-        f"dev macro-F1 {metrics['candidate']['dev']['macro_f1']:.4f} vs champion "
-        f"v{champion} {metrics['champion']['dev']['macro_f1']:.4f} (gain {gain:+.4f}, "
-        f"margin {margin:+.4f})"
+        f"v{champion} champion, dev macro-F1 {metrics['candidate']['dev']['macro_f1']:.4f} "
+        f"vs {metrics['champion']['dev']['macro_f1']:.4f}; {decision.reason}"
     )
     lineage = {
         "kind": "retrain",
@@ -204,6 +238,8 @@ def _retrain(
         "pool_texts": len(pool),
         "gold_train": len(train_texts),
         "params": params.model_dump(),
+        "layers": int(model.config.num_hidden_layers),
+        "comparison": metrics["comparison"],
     }
     version = write_version(
         settings,
@@ -244,17 +280,38 @@ def _retrain(
     }
 
 
+def _part(progress: Callable[[float], None], offset: float, share: float) -> ProgressFn:
+    return lambda fraction, _loss: progress(offset + fraction * share)
+
+
+class _Evaluation:
+    """What scoring one model on gold dev and test gives."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.predictions: dict[str, list[str]] = {}
+        self.texts_per_second: float | None = None
+
+
 def _evaluate_both(
     classifier: Classifier,
     dev: tuple[list[str], list[str]],
     test: tuple[list[str], list[str]],
     progress: Callable[[float], None],
-) -> dict[str, dict[str, float]]:
-    """Metrics on dev and test; `progress` gets 0..1 over both."""
-    share = len(dev[0]) / max(1, len(dev[0]) + len(test[0]))
-    out = {"dev": evaluate(classifier, *dev, lambda f, _loss: progress(f * share))}
-    if test[0]:
-        out["test"] = evaluate(
-            classifier, *test, lambda f, _loss: progress(share + f * (1 - share))
+) -> _Evaluation:
+    """Metrics and predictions on dev and test, and the texts scored per second (on this
+    worker, in this job: a rough figure beside the served one); `progress` gets 0..1."""
+    out = _Evaluation()
+    total = max(1, len(dev[0]) + len(test[0]))
+    done = 0
+    started = time.perf_counter()
+    for split, (texts, gold_labels) in (("dev", dev), ("test", test)):
+        if not texts:
+            continue
+        out.predictions[split] = predict(
+            classifier, texts, _part(progress, done / total, len(texts) / total)
         )
+        out.metrics[split] = scores(gold_labels, out.predictions[split], classifier.labels)
+        done += len(texts)
+    out.texts_per_second = round(done / max(1e-9, time.perf_counter() - started), 1)
     return out

@@ -80,13 +80,25 @@ class RequestLimits:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
+        if media and body:
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                await _refuse(
+                    send,
+                    400,
+                    "malformed_json",
+                    f"the body is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+                )
+                return
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)

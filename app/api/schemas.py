@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from app.core.texts import storable
+from app.core.times import as_utc
+
+# Every time the API answers with is in UTC with its zone (`...Z`), whichever store it
+# came from.
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 # Largest ids the store holds: pseudo-label ids are 64-bit, model versions 32-bit. Larger
 # numbers in a request are refused (422) instead of overflowing the database driver.
@@ -16,10 +23,11 @@ MAX_VERSION = 2**31 - 1
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("text must contain at least one non-whitespace character")
-    # PostgreSQL text cannot hold NUL; refusing it everywhere keeps both stores alike.
-    if "\x00" in value:
-        raise ValueError("text must not contain the NUL character (U+0000)")
-    return value
+    return storable(value)
+
+
+def _storable_label(value: str) -> str:
+    return storable(value, "label")
 
 
 class LabelRequest(BaseModel):
@@ -64,7 +72,7 @@ class StoredPseudoLabel(BaseModel):
     confidence: float
     logits: list[float]
     model_version: int
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class PseudoLabelPage(BaseModel):
@@ -83,6 +91,7 @@ class GoldExampleIn(BaseModel):
     )
 
     _check = field_validator("text")(_not_blank)
+    _check_label = field_validator("label")(_storable_label)
 
 
 class GoldImport(BaseModel):
@@ -117,9 +126,9 @@ class JobView(BaseModel):
     cancel_requested: bool
     error: str | None
     history: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
 
 class ModelView(BaseModel):
@@ -133,8 +142,16 @@ class ModelView(BaseModel):
     labels: list[str]
     metrics: dict[str, Any]
     lineage: dict[str, Any]
+    layers: int | None = Field(
+        None, description="Encoder layers: fewer serve faster (a job's student_layers)."
+    )
+    promotion: dict[str, Any] | None = Field(
+        None,
+        description="How the promotion gate compared this candidate with its champion: rule, "
+        "dev gain and its lower confidence bound, relative compute, test answers changed.",
+    )
     error: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ActiveModelView(BaseModel):

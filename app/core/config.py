@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     )
     promotion_margin: float = Field(
         0.0,
-        description="Dev macro-F1 a candidate must gain over the champion to be published (a "
-        "job's default; negative: publish even if slightly worse).",
+        description="Dev macro-F1 gain over the champion a candidate must be shown to exceed, "
+        "at the job's promotion_confidence, to be published (a job's default; negative: "
+        "publish even if slightly worse).",
     )
     job_stale_seconds: float = Field(
         900.0, description="A running job with no heartbeat for this long is marked failed."

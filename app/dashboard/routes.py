@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from app.api.deps import ADMIN, READER, ServerDep, StoreDep
 from app.api.routes.stats import load_label_stats
 from app.api.schemas import JobView, ModelView
+from app.core.times import iso_utc
 from app.dashboard import charts
 from app.store import jobs, stats
 from app.store import registry as versions
@@ -40,6 +41,7 @@ SECURITY_HEADERS = {
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["utc"] = iso_utc  # every time on the page as the API gives it
 
 
 def install_dashboard(app: FastAPI) -> None:

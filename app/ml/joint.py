@@ -1,9 +1,11 @@
-"""The joint objective of the method: masked-LM loss plus the task loss on pseudo-labels.
+"""The pre-training objective of the method: the task loss on pseudo-labels, optionally
+plus the masked-LM loss.
 
-Both losses come from ONE encoder pass over the (masked) input: the classifier's logits
-give the task loss, and its last hidden state at the masked positions only goes through
-the MLM head. Scoring only masked positions avoids the [tokens x vocab] logits that make a
-naive step about 2.4x slower on these CPUs (DESIGN.md).
+With MLM, both losses come from ONE encoder pass over the (masked) input: the classifier's
+logits give the task loss, and its last hidden state at the masked positions only goes
+through the MLM head. Scoring only masked positions avoids the [tokens x vocab] logits
+that make a naive step about 2.4x slower on these CPUs (DESIGN.md). Without MLM (the
+paper's final method, and our default) there is no head and no masking at all.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class JointOutput:
 class JointModel(nn.Module):
     """A sequence classifier plus an MLM head that shares its encoder and word embeddings."""
 
-    def __init__(self, classifier: PreTrainedModel, mlm_head: nn.Module) -> None:
+    def __init__(self, classifier: PreTrainedModel, mlm_head: nn.Module | None = None) -> None:
         super().__init__()
         self.classifier = classifier
         self.mlm_head = mlm_head
@@ -107,8 +109,12 @@ class JointModel(nn.Module):
         """
         if task_weight != 0.0 and (hard_labels is None) == (teacher_logits is None):
             raise ValueError("give exactly one of hard_labels and teacher_logits")
+        selected = mlm_labels != -100
+        use_mlm = mlm_weight != 0.0 and bool(selected.any())
+        if use_mlm and self.mlm_head is None:
+            raise ValueError("mlm_weight > 0 needs a JointModel built with an MLM head")
         out = self.classifier(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=use_mlm
         )
         task_logits = out.logits
         if clean_input_ids is not None and task_weight != 0.0:
@@ -125,10 +131,10 @@ class JointModel(nn.Module):
             teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
             task_loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
             task_loss = task_loss * temperature**2
-        selected = mlm_labels != -100
-        if mlm_weight == 0.0 or not bool(selected.any()):
+        if not use_mlm:
             mlm_loss = torch.zeros((), device=input_ids.device)
         else:
+            assert self.mlm_head is not None
             hidden = out.hidden_states[-1][selected]
             mlm_logits = self.mlm_head(hidden)
             mlm_loss = F.cross_entropy(mlm_logits, mlm_labels[selected])

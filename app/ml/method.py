@@ -1,4 +1,4 @@
-"""Steps 3 and 4 of the method, driven by a job's parameters: joint pre-training on the
+"""Steps 3 and 4 of the method, driven by a job's parameters: pre-training on the
 pseudo-labels, then fine-tuning on the gold labels. The retraining job and the ablation
 (`pfp repro`) both call these, so the table measures exactly what the workers run.
 """
@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.ml.job_params import JobParams
 from app.ml.joint import JointModel
 from app.ml.modeling import init_classifier
+from app.ml.pool import balanced_top_k
 from app.ml.training import (
     LoopConfig,
     LossHistory,
@@ -22,6 +24,8 @@ from app.ml.training import (
     fine_tune,
     pretrain_joint,
 )
+
+Dev = tuple[Sequence[str], Sequence[str]]  # gold dev (texts, labels): picks the checkpoint
 
 
 def _loop(params: JobParams, epochs: float, max_steps: int, learning_rate: float) -> dict[str, Any]:
@@ -32,6 +36,7 @@ def _loop(params: JobParams, epochs: float, max_steps: int, learning_rate: float
         "learning_rate": learning_rate,
         "batch_size": params.batch_size,
         "max_length": params.max_length,
+        "truncation": params.truncation,
         "seed": params.seed,
         "bf16": params.use_bf16(),
     }
@@ -51,6 +56,8 @@ def pretrain_config(params: JobParams) -> PretrainConfig:
         soft_labels=params.label_mode == "soft",
         temperature=params.temperature,
         task_on_clean_input=params.task_input == "clean",
+        token_deletion=params.token_deletion,
+        mlm_warmup_steps=params.mlm_warmup_steps,
     )
 
 
@@ -61,8 +68,17 @@ def finetune_config(params: JobParams) -> LoopConfig:
             params.finetune_epochs,
             params.finetune_max_steps,
             params.finetune_learning_rate,
-        )
+        ),
+        eval_every=params.finetune_eval_every,
+        patience=params.finetune_patience,
     )
+
+
+def student(start: Path, labels: list[str], params: JobParams) -> tuple[PreTrainedModel, Any]:
+    """The model a job trains: `start` with `student_layers` of its layers. Its new weights
+    (a fresh head) are drawn from the job's seed, so a job can be run again exactly."""
+    torch.manual_seed(params.seed)
+    return init_classifier(start, labels, params.student_layers)
 
 
 def pretrain_on_predictions(
@@ -73,14 +89,25 @@ def pretrain_on_predictions(
     params: JobParams,
     progress: ProgressFn,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossHistory]:
-    """Model C: the encoder at `start` (the base encoder or a classifier) pre-trained with
-    the joint loss on (texts, teacher_logits). The MLM head is dropped afterwards: it is not
-    part of the served model."""
-    model, tokenizer = init_classifier(start, labels)
-    joint = JointModel.from_classifier(model, start)
-    history = pretrain_joint(
-        joint, tokenizer, texts, teacher_logits, pretrain_config(params), progress
+    """Model C: the student (see `student`) pre-trained on (texts, teacher_logits): the
+    task loss on the teacher's predictions, plus the masked-LM loss if `mlm_weight` > 0.
+    The MLM head is dropped afterwards: it is not part of the served model."""
+    per_class = (
+        max(1, int(params.top_k_share * len(texts) / len(labels))) if params.top_k_share else 0
     )
+    kept = balanced_top_k(teacher_logits, per_class)
+    model, tokenizer = student(start, labels, params)
+    # The MLM head only exists when it is trained; its source is the start folder.
+    joint = JointModel.from_classifier(model, start) if params.mlm_weight else JointModel(model)
+    history = pretrain_joint(
+        joint,
+        tokenizer,
+        [texts[i] for i in kept],
+        [teacher_logits[i] for i in kept],
+        pretrain_config(params),
+        progress,
+    )
+    history.notes["pool"] = {"given": len(texts), "used": len(kept)}
     return model, tokenizer, history
 
 
@@ -91,6 +118,8 @@ def fine_tune_on_gold(
     labels: Sequence[str],
     params: JobParams,
     progress: ProgressFn,
+    dev: Dev | None = None,
 ) -> LossHistory:
-    """Model D: fine-tune (in place) on the gold train split."""
-    return fine_tune(model, tokenizer, texts, labels, finetune_config(params), progress)
+    """Model D: fine-tune (in place) on the gold train split, keeping the weights with the
+    best macro-F1 on `dev`."""
+    return fine_tune(model, tokenizer, texts, labels, finetune_config(params), progress, dev)

@@ -7,9 +7,10 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -26,6 +27,51 @@ hf_logging.disable_progress_bar()
 
 log = logging.getLogger(__name__)
 
+# How a text longer than max_length tokens is cut: keep its head, or its head and its tail
+# (for long documents the end often says most: Sun et al. 2019 found a quarter head and
+# three quarters tail best for reviews). A model records the mode it was trained with in
+# its config.json (`pfp_truncation`), so serving cuts texts the same way.
+Truncation = Literal["head", "head_tail"]
+TRUNCATION_ATTRIBUTE = "pfp_truncation"
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+    truncation: Truncation = "head",
+) -> dict[str, list[list[int]]]:
+    """Token ids (and masks) of `texts`, cut to `max_length` tokens, not padded."""
+    if truncation == "head":
+        return dict(tokenizer(texts, truncation=True, max_length=max_length))
+    # Where the tokenizer puts its special tokens around one text ([CLS] x [SEP], <s> x
+    # </s>, ...): learnt from a probe, so any tokenizer works.
+    probe = tokenizer("a")["input_ids"]
+    content = tokenizer("a", add_special_tokens=False)["input_ids"]
+    prefix = next(i for i in range(len(probe)) if probe[i : i + len(content)] == content)
+    suffix = len(probe) - prefix - len(content)
+    budget = max_length - prefix - suffix
+    if budget < 2:
+        raise ValueError(f"max_length {max_length} leaves no room for a head and a tail")
+    head = max(1, budget // 4)
+    out = dict(tokenizer(texts))  # whole texts: cut below
+    for n, ids in enumerate(out["input_ids"]):
+        if len(ids) <= max_length:
+            continue
+        body = ids[prefix : len(ids) - suffix]
+        body = body[:head] + body[len(body) - (budget - head) :]
+        ids = ids[:prefix] + body + ids[len(ids) - suffix :]
+        out["input_ids"][n] = ids
+        for name in ("attention_mask", "token_type_ids"):
+            if name in out:
+                out[name][n] = out[name][n][: len(ids)]
+    return out
+
+
+def truncation_of(model: PreTrainedModel) -> Truncation:
+    value = getattr(model.config, TRUNCATION_ATTRIBUTE, "head")
+    return "head_tail" if value == "head_tail" else "head"
+
 
 @dataclass
 class Classifier:
@@ -35,19 +81,15 @@ class Classifier:
     tokenizer: PreTrainedTokenizerBase
     labels: list[str]
     max_length: int = 128
+    truncation: Truncation = "head"
 
-    @torch.inference_mode()
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Logits for `texts`, padded to the longest text of this batch only."""
-        encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        encoded = {k: v.to(self.model.device) for k, v in encoded.items()}
-        return self.model(**encoded).logits.float().cpu()
+        return self.logits_for(self.encode(texts), list(range(len(texts))))
 
     def encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
         """Token ids of `texts`, truncated but not padded (the server pads per pass)."""
-        return dict(self.tokenizer(texts, truncation=True, max_length=self.max_length))
+        return encode_texts(self.tokenizer, texts, self.max_length, self.truncation)
 
     @torch.inference_mode()
     def logits_for(self, encoded: dict[str, list[list[int]]], rows: list[int]) -> torch.Tensor:
@@ -97,14 +139,48 @@ def load_classifier(folder: Path, max_length: int = 128) -> Classifier:
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
     model.eval()
     return Classifier(
-        model=model, tokenizer=tokenizer, labels=labels_of(model), max_length=max_length
+        model=model,
+        tokenizer=tokenizer,
+        labels=labels_of(model),
+        max_length=max_length,
+        truncation=truncation_of(model),
     )
 
 
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks of a BERT-style encoder (BERT, RoBERTa, MiniLM, ...)."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"{type(model).__name__}: a smaller student needs a BERT-style encoder "
+            "(base_model.encoder.layer)"
+        )
+    return layers
+
+
+def keep_layers(model: PreTrainedModel, count: int) -> None:
+    """Cut the encoder to `count` of its layers, evenly spaced from the first (6 -> 3 keeps
+    0, 2 and 4): the student starts from the teacher's own weights, as in distillation
+    into a shallower BERT (Turc et al. 2019). The saved folder loads as a plain model."""
+    layers = encoder_layers(model)
+    total = len(layers)
+    if count <= 0 or count >= total:
+        if count > total:
+            raise ValueError(f"student_layers {count}: the encoder has only {total} layers")
+        return
+    kept = [layers[i * total // count] for i in range(count)]
+    encoder = model.base_model.encoder
+    assert isinstance(encoder, nn.Module)
+    encoder.layer = nn.ModuleList(kept)
+    model.config.num_hidden_layers = count
+
+
 def init_classifier(
-    start: Path, labels: list[str]
+    start: Path, labels: list[str], layers: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A classifier for `labels` from an encoder or classifier folder, ready to train.
+    """A classifier for `labels` from an encoder or classifier folder, ready to train,
+    with only `layers` of its encoder layers when that is fewer than it has (0: all).
 
     A checkpoint whose head already has exactly these labels keeps its head; any other
     gets a fresh one.
@@ -123,6 +199,7 @@ def init_classifier(
             "ignore_mismatched_sizes": True,
         }
     model = AutoModelForSequenceClassification.from_pretrained(str(start), **kwargs)
+    keep_layers(model, layers)
     return model, tokenizer
 
 

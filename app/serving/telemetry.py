@@ -55,6 +55,12 @@ QUEUE_TEXTS = Gauge(
 WRITER_PENDING = Gauge(
     "pfp_store_writer_pending_requests", "Requests whose pseudo-labels wait to be committed"
 )
+ISOLATED_FAILURES = Counter(
+    "pfp_isolated_failures_total",
+    "Requests that failed inside a shared batch and were failed alone, the rest of the "
+    "batch answered: by where (model: scoring; store: the store writer's commit)",
+    ["where"],
+)
 CONFIDENCE = Histogram(
     "pfp_pseudo_label_confidence",
     "Confidence of the answered (and stored) pseudo-labels, by model version and label",

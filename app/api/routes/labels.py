@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import ADMIN, StoreDep
 from app.api.errors import Invalid
 from app.api.schemas import MAX_ROW_ID, MAX_VERSION, PseudoLabelPage, StoredPseudoLabel
+from app.core.texts import storable
 from app.label_export import csv_chunk
 from app.store.database import Store
 from app.store.pseudo_labels import list_pseudo_labels
@@ -52,6 +53,11 @@ class _Filters:
             raise Invalid(
                 f"min_confidence ({min_confidence}) is above max_confidence ({max_confidence})"
             )
+        if label is not None:
+            try:
+                storable(label, "label")  # PostgreSQL cannot compare with a NUL
+            except ValueError as exc:
+                raise Invalid(str(exc)) from None
         since, until = _utc(since, "since"), _utc(until, "until")
         if since is not None and until is not None and since >= until:
             raise Invalid(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")

@@ -16,6 +16,9 @@ router = APIRouter(tags=["models"])
 def _view(row: versions.ModelVersion, active: int | None) -> ModelView:
     view = ModelView.model_validate(row)
     view.active = row.version == active
+    lineage = row.lineage or {}
+    view.layers = lineage.get("layers")
+    view.promotion = lineage.get("comparison")
     return view
 
 

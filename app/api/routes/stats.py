@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import ADMIN, StoreDep
 from app.api.errors import Invalid
-from app.api.schemas import MAX_VERSION
+from app.api.schemas import MAX_VERSION, UtcDatetime
 from app.store import registry as versions
 from app.store import stats
 from app.store.database import Store
@@ -23,7 +23,7 @@ DEFAULT_SPAN = {"hour": 48, "day": 30}  # buckets shown when `since` is not give
 
 
 class LabelBucketView(BaseModel):
-    start: datetime = Field(description="Start of the bucket (UTC).")
+    start: UtcDatetime = Field(description="Start of the bucket (UTC).")
     total: int
     counts: dict[str, int] = Field(description="Pseudo-labels per label.")
     mean_confidence: float
@@ -31,8 +31,8 @@ class LabelBucketView(BaseModel):
 
 class LabelStats(BaseModel):
     bucket: stats.Bucket
-    since: datetime
-    until: datetime
+    since: UtcDatetime
+    until: UtcDatetime
     labels: list[str] = Field(description="The active model's labels first, then any other seen.")
     total: int
     mean_confidence: float | None

@@ -1,0 +1,156 @@
+"""The promotion gate: does a candidate replace the champion?
+
+Dev macro-F1 on a thousand texts moves by about a point between two models trained alike
+(the ablation's seeds), so "higher on dev" alone would publish a candidate that is no
+better about half the time, and every swap changes answers users see. The gate asks for
+evidence instead: a paired bootstrap over the dev texts (both models scored on the same
+resampled texts) gives the distribution of the gain, and the candidate must win at the
+chosen confidence.
+
+Rules an operator chooses between (a job parameter):
+- `better`: publish if the gain's lower confidence bound is above the margin;
+- `faster_no_worse`: as `better`, or if the candidate is cheaper to serve (at most
+  FASTER_COST of the champion's compute per token) and its lower bound is above minus
+  the tolerance: a smaller student that loses at most that much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+from app.ml.modeling import encoder_layers
+
+PromotionRule = Literal["better", "faster_no_worse"]
+# A candidate counts as faster when its encoder does at most this share of the champion's
+# work per token (3 of 6 layers: 0.5).
+FASTER_COST = 0.8
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20201001  # fixed: the same two models always get the same decision
+
+
+def macro_f1_matrix(gold: np.ndarray, predicted: np.ndarray, n_labels: int) -> np.ndarray:
+    """Macro-F1 of each row of `predicted` (resamples x texts) against the same row of
+    `gold`; labels are ints in [0, n_labels), and every label counts in the mean."""
+    rows = gold.shape[0]
+    offset = np.arange(rows)[:, None] * n_labels
+    size = rows * n_labels
+    tp = np.bincount((offset + gold)[gold == predicted], minlength=size).reshape(rows, -1)
+    gold_count = np.bincount((offset + gold).ravel(), minlength=size).reshape(rows, -1)
+    pred_count = np.bincount((offset + predicted).ravel(), minlength=size).reshape(rows, -1)
+    denom = gold_count + pred_count  # 2tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros(denom.shape), where=denom > 0)
+    result: np.ndarray = f1.mean(axis=1)
+    return result
+
+
+def bootstrap_gain(
+    gold: Sequence[str],
+    candidate: Sequence[str],
+    champion: Sequence[str],
+    labels: Sequence[str],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, np.ndarray]:
+    """Macro-F1 gain of `candidate` over `champion` on these texts, and its paired
+    bootstrap distribution (the same resampled texts for both)."""
+    names = sorted(set(labels) | set(gold) | set(candidate) | set(champion))
+    index = {name: i for i, name in enumerate(names)}
+    g = np.array([index[x] for x in gold])
+    a = np.array([index[x] for x in candidate])
+    b = np.array([index[x] for x in champion])
+    n_labels = len(names)
+    # Classes outside `labels` (none, when both models share the label set) are scored too.
+    whole = macro_f1_matrix(np.stack([g, g]), np.stack([a, b]), n_labels)
+    gain = float(whole[0] - whole[1])
+    picks = np.random.default_rng(seed).integers(0, len(g), size=(resamples, len(g)))
+    gains = macro_f1_matrix(g[picks], a[picks], n_labels) - macro_f1_matrix(
+        g[picks], b[picks], n_labels
+    )
+    return gain, gains
+
+
+def encoder_cost(model: nn.Module) -> int:
+    """Weights the encoder applies to every token: its per-token compute, up to a factor."""
+    try:
+        counted: nn.Module = encoder_layers(model)  # type: ignore[arg-type]
+    except ValueError:
+        counted = model
+    return int(sum(p.numel() for p in counted.parameters()))
+
+
+@dataclass
+class Decision:
+    publish: bool
+    rule: str
+    gain: float
+    lower_bound: float
+    confidence: float
+    margin: float
+    tolerance: float
+    relative_cost: float
+    faster: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def decide(
+    gold: Sequence[str],
+    candidate: Sequence[str],
+    champion: Sequence[str],
+    labels: Sequence[str],
+    *,
+    rule: PromotionRule = "better",
+    margin: float = 0.0,
+    tolerance: float = 0.01,
+    confidence: float = 0.95,
+    relative_cost: float = 1.0,
+) -> Decision:
+    """The gate on dev predictions of both models (see the module docstring).
+    `relative_cost` is the candidate's encoder cost over the champion's."""
+    if not gold:
+        raise ValueError("no dev texts to compare candidate and champion on")
+    gain, gains = bootstrap_gain(gold, candidate, champion, labels)
+    lower = float(np.quantile(gains, 1.0 - confidence))
+    faster = relative_cost <= FASTER_COST
+    better = lower > margin
+    no_worse = faster and lower > -tolerance
+    publish = better or (rule == "faster_no_worse" and no_worse)
+    where = f"dev macro-F1 gain {gain:+.4f}, {confidence:.0%} lower bound {lower:+.4f}"
+    if better:
+        why = f"better: lower bound above the margin {margin:+.4f}"
+    elif rule == "faster_no_worse" and no_worse:
+        why = (
+            f"faster ({relative_cost:.2f} of the champion's compute) and no worse than "
+            f"-{tolerance:.4f}"
+        )
+    elif rule == "faster_no_worse" and faster:
+        why = f"faster, but it may lose more than the tolerance {tolerance:.4f}"
+    else:
+        why = f"not shown better than the margin {margin:+.4f}"
+    return Decision(
+        publish=publish,
+        rule=rule,
+        gain=gain,
+        lower_bound=lower,
+        confidence=confidence,
+        margin=margin,
+        tolerance=tolerance,
+        relative_cost=relative_cost,
+        faster=faster,
+        reason=f"{where}: {why}",
+    )
+
+
+def changed_share(before: Sequence[str], after: Sequence[str]) -> float:
+    """Share of texts whose predicted label differs between two models: the churn users
+    would see if `after` replaced `before`."""
+    if not before:
+        return 0.0
+    return sum(a != b for a, b in zip(before, after, strict=True)) / len(before)
