@@ -14,7 +14,7 @@ EXAMPLE = """\
 examples:
   pfp repro                          # the whole table on the demo tweets (under 90 minutes)
   pfp repro --quick --out /tmp/r     # a few hundred texts: a smoke run of a few minutes
-  pfp repro --gold-file mine.csv --labeled-sizes 500 --rows control,kd,control_3l,kd_3l
+  pfp repro --gold-file mine.csv --labeled-sizes 500 --rows control,kd,control_half,kd_half
   pfp repro --rows kd_mlm --labeled-sizes 500 --no-pool-curve   # one row, exactly as in the table
 """
 
@@ -116,7 +116,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
             return 2
         overrides["rows"] = overrides["other_rows"] = rows
         if ReproConfig.curve_row not in rows:
-            overrides["pool_curve"] = []  # the curve repeats kd_3l: only when it is asked for
+            overrides["pool_curve"] = []  # the curve repeats kd_half: only when it is asked for
     if args.no_pool_curve:
         overrides["pool_curve"] = []
     if args.param:

@@ -194,6 +194,7 @@ def test_job_submit_run_and_swap(api):
     assert models[0]["promotion"] == view["metrics"]["comparison"]
     fragment = api.get("/dashboard/fragments/versions").text
     assert "better: gain" in fragment and "answers changed" in fragment
+    assert "better: gain" in api.get("/dashboard/fragments/active").text  # v2 serves now
     # Roll back.
     r = api.post("/models/1/activate")
     assert r.status_code == 200 and r.json()["active"]

@@ -107,6 +107,23 @@ def _encodable(value: Any) -> Any:
     return value
 
 
+async def send_error(send: Send, status: int, code: str, detail: str, **extra: str) -> None:
+    """The service's error answer written straight to ASGI, for the middlewares that
+    answer before (or instead of) the app."""
+    body = json.dumps(_body(code, detail) | extra).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 # The framework's own refusals, by status: the same shape as the service's.
 _HTTP_CODES = {
     400: "bad_request",
@@ -151,21 +168,13 @@ class InternalErrors:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise  # half an answer is out: only closing the connection can say so
-            body = json.dumps(
-                _body("internal", f"an internal error occurred; quote request id {rid}")
-                | {"request_id": rid}
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
+            await send_error(
+                send,
+                500,
+                "internal",
+                f"an internal error occurred; quote request id {rid}",
+                request_id=rid,
             )
-            await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI) -> None:

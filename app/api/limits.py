@@ -6,26 +6,11 @@ Content-Length, before it is read, and a chunked one as soon as it passes the li
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import send_error
+
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
-
-
-async def _refuse(send: Send, status: int, code: str, detail: str) -> None:
-    body = json.dumps({"error": code, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class RequestLimits:
@@ -43,10 +28,10 @@ class RequestLimits:
         try:
             length = int(raw_length) if raw_length is not None else None
         except ValueError:
-            await _refuse(send, 400, "bad_request", "Content-Length is not a number")
+            await send_error(send, 400, "bad_request", "Content-Length is not a number")
             return
         if length is not None and length > limit:
-            await _refuse(
+            await send_error(
                 send, 413, "too_large", f"the body has {length} bytes; the limit is {limit}"
             )
             return
@@ -54,7 +39,7 @@ class RequestLimits:
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if has_body and not (media == b"application/json" or media.endswith(b"+json")):
             shown = media.decode("latin-1") or "none"
-            await _refuse(
+            await send_error(
                 send,
                 415,
                 "unsupported_media_type",
@@ -73,7 +58,7 @@ class RequestLimits:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > limit:
-                await _refuse(
+                await send_error(
                     send, 413, "too_large", f"the body is over the limit of {limit} bytes"
                 )
                 return
@@ -85,7 +70,7 @@ class RequestLimits:
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as exc:
-                await _refuse(
+                await send_error(
                     send,
                     400,
                     "malformed_json",

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.ml.job_params import JobParams
 from app.ml.joint import JointModel
 from app.ml.modeling import init_classifier
-from app.ml.pool import balanced_top_k
+from app.ml.pool import balanced_top_share
 from app.ml.training import (
     LoopConfig,
     LossHistory,
@@ -92,10 +92,7 @@ def pretrain_on_predictions(
     """Model C: the student (see `student`) pre-trained on (texts, teacher_logits): the
     task loss on the teacher's predictions, plus the masked-LM loss if `mlm_weight` > 0.
     The MLM head is dropped afterwards: it is not part of the served model."""
-    per_class = (
-        max(1, int(params.top_k_share * len(texts) / len(labels))) if params.top_k_share else 0
-    )
-    kept = balanced_top_k(teacher_logits, per_class)
+    kept = balanced_top_share(teacher_logits, params.top_k_share)
     model, tokenizer = student(start, labels, params)
     # The MLM head only exists when it is trained; its source is the start folder.
     joint = JointModel.from_classifier(model, start) if params.mlm_weight else JointModel(model)

@@ -1,7 +1,7 @@
 """Which pseudo-labeled texts the student learns from.
 
-By default every one (the paper used all of its pool, unfiltered). `top_k_per_class`
-keeps, for each class, the K texts the teacher predicted as that class with the highest
+By default every one (the paper used all of its pool, unfiltered). `top_k_share` keeps,
+for each class, the K texts the teacher predicted as that class with the highest
 confidence (Du et al. 2020, "Self-training Improves Pre-training for NLU"): a pool
 balanced across classes and rid of the teacher's least certain calls.
 """
@@ -26,3 +26,11 @@ def balanced_top_k(logits: Sequence[Sequence[float]], k: int) -> list[int]:
         order = confidence[members].argsort(descending=True, stable=True)
         kept.extend(members[order[:k]].tolist())
     return sorted(kept)
+
+
+def balanced_top_share(logits: Sequence[Sequence[float]], share: float) -> list[int]:
+    """`balanced_top_k` with K = `share` of the pool over the number of classes (at most
+    that share of the pool is kept); share 0 keeps every text."""
+    if share <= 0 or not logits:
+        return list(range(len(logits)))
+    return balanced_top_k(logits, max(1, int(share * len(logits) / len(logits[0]))))

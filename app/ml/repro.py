@@ -25,15 +25,17 @@ for all seeds, and each seed draws its own class-stratified labeled set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import platform
 import random
 import statistics
+import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +51,9 @@ from app.ml.method import (
     pretrain_on_predictions,
     student,
 )
-from app.ml.modeling import Classifier, Truncation
+from app.ml.modeling import Classifier, Truncation, save_classifier
 from app.ml.promotion import changed_share, decide, encoder_cost
-from app.ml.training import ProgressFn, predict, scores
+from app.ml.training import ProgressFn, logits_in_order, predict, scores
 
 Rows = list[tuple[str, str]]  # (text, label)
 CONTROL = "control"
@@ -415,7 +417,7 @@ class SeedRun:
         params = self.config.params(self.seed, **overrides)
         texts = [t for t, _ in pool]
         logits = self.teacher_logits(pool)
-        with _TeacherFolder(self, params.start_from) as start:
+        with _start_folder(self, params.start_from) as start:
             model, tokenizer, pre = pretrain_on_predictions(
                 start, self.data.labels, texts, logits, params, self.stage(f"{row.name}: pool")
             )
@@ -445,22 +447,23 @@ class SeedRun:
             self.stage("teacher labels the pool")(0.0, 0.0)
             bf16 = self.config.params(self.seed).use_bf16()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                order = sorted(range(len(missing)), key=lambda i: len(missing[i]))
-                for start in range(0, len(order), 128):
-                    chunk = [missing[i] for i in order[start : start + 128]]
-                    for text, row in zip(chunk, self.teacher.logits(chunk).tolist(), strict=True):
-                        self.logits[text] = row
+                rows = logits_in_order(self.teacher, missing, batch_size=128)
+            self.logits.update(zip(missing, rows, strict=True))
         return [self.logits[t] for t, _ in pool]
 
+    def pseudo_labels(self, rows: Rows) -> list[str]:
+        """The teacher's label for each text of `rows`."""
+        return [
+            self.data.labels[max(range(len(r)), key=r.__getitem__)]
+            for r in self.teacher_logits(rows)
+        ]
+
     def pool_stats(self) -> dict[str, Any]:
-        logits = self.teacher_logits(self.pool)
-        predicted = [self.data.labels[max(range(len(r)), key=r.__getitem__)] for r in logits]
+        predicted = self.pseudo_labels(self.pool)
         gold = [lbl for _, lbl in self.pool]
         return {
             "texts": len(self.pool),
-            "pseudo_label_accuracy": round(
-                sum(p == g for p, g in zip(predicted, gold, strict=True)) / max(1, len(gold)), 5
-            ),
+            "pseudo_label_accuracy": _accuracy(predicted, gold),
             "predicted_distribution": dict(Counter(predicted)),
             "true_distribution": dict(Counter(gold)),
         }
@@ -487,6 +490,10 @@ class SeedRun:
         return out
 
 
+def _accuracy(predicted: list[str], gold: list[str]) -> float:
+    return round(sum(p == g for p, g in zip(predicted, gold, strict=True)) / max(1, len(gold)), 5)
+
+
 def _steps_run(history: dict[str, Any]) -> int:
     selection = history.get("selection")
     if isinstance(selection, dict) and selection.get("steps"):
@@ -495,29 +502,17 @@ def _steps_run(history: dict[str, Any]) -> int:
     return int(steps[-1]) + 1
 
 
-class _TeacherFolder:
+@contextlib.contextmanager
+def _start_folder(run: SeedRun, start_from: str) -> Iterator[Path]:
     """The folder a student starts from: the base encoder, or (start_from=active) the
     teacher saved to a temporary folder, as the job starts from the serving model."""
-
-    def __init__(self, run: SeedRun, start_from: str) -> None:
-        self.run, self.start_from = run, start_from
-        self.tmp: Any = None
-
-    def __enter__(self) -> Path:
-        if self.start_from != "active":
-            return self.run.base
-        import tempfile
-
-        from app.ml.modeling import save_classifier
-
-        assert self.run.teacher is not None
-        self.tmp = tempfile.TemporaryDirectory(prefix="pfp-teacher-")
-        save_classifier(self.run.teacher.model, self.run.teacher.tokenizer, Path(self.tmp.name))
-        return Path(self.tmp.name)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
+    if start_from != "active":
+        yield run.base
+        return
+    assert run.teacher is not None
+    with tempfile.TemporaryDirectory(prefix="pfp-teacher-") as tmp:
+        save_classifier(run.teacher.model, run.teacher.tokenizer, Path(tmp))
+        yield Path(tmp)
 
 
 def run_seed(
@@ -555,13 +550,10 @@ def run_seed(
             mixed = run.pool[:in_domain] + run.out_of_domain[:out_of_domain]
             run.run_row(curve_row, mixed, key=f"{curve_row.name}@{point}")
             out["pool_curve"][point] = run.results.pop(f"{curve_row.name}@{point}")
-        out_of_domain_share = [p for p in out["pool_curve"] if "ood" in p]
-        if out_of_domain_share:
-            ood = run.teacher_logits(run.out_of_domain[: config.pool_curve[-1][1]])
-            predicted = [data.labels[max(range(len(r)), key=r.__getitem__)] for r in ood]
-            gold = [lbl for _, lbl in run.out_of_domain[: len(ood)]]
-            out["pool"]["pseudo_label_accuracy_out_of_domain"] = round(
-                sum(p == g for p, g in zip(predicted, gold, strict=True)) / max(1, len(gold)), 5
+        if any("ood" in p for p in out["pool_curve"]):
+            ood = run.out_of_domain[: config.pool_curve[-1][1]]
+            out["pool"]["pseudo_label_accuracy_out_of_domain"] = _accuracy(
+                run.pseudo_labels(ood), [lbl for _, lbl in ood]
             )
     out["rows"] = run.results
     out["encoder_cost"] = run.costs
@@ -643,29 +635,22 @@ def summarize_curve(seeds: list[dict[str, Any]], config: ReproConfig) -> dict[st
     row = ROWS_BY_NAME[config.curve_row]
     points: dict[str, Any] = {}
     names = [pool_point_name(i, o) for i, o in config.pool_curve]
+
+    def point(runs: list[dict[str, Any]], values: list[float]) -> dict[str, Any]:
+        control = [s["rows"][row.control]["test"]["macro_f1"] for s in runs]
+        return {
+            "test_macro_f1_mean": round(statistics.fmean(values), 5),
+            "test_macro_f1_sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
+            "vs_control": {"row": row.control, **paired(values, control)},
+        }
+
     for name in names:
         runs = [s for s in seeds if name in s.get("pool_curve", {})]
-        if not runs:
-            continue
-        values = [s["pool_curve"][name]["test"]["macro_f1"] for s in runs]
-        points[name] = {
-            "test_macro_f1_mean": round(statistics.fmean(values), 5),
-            "test_macro_f1_sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
-            "vs_control": {
-                "row": row.control,
-                **paired(values, [s["rows"][row.control]["test"]["macro_f1"] for s in runs]),
-            },
-        }
+        if runs:
+            points[name] = point(runs, [s["pool_curve"][name]["test"]["macro_f1"] for s in runs])
     if all(row.name in s["rows"] for s in seeds):
         values = [s["rows"][row.name]["test"]["macro_f1"] for s in seeds]
-        points[f"{seeds[0]['pool']['texts']}_in (all)"] = {
-            "test_macro_f1_mean": round(statistics.fmean(values), 5),
-            "test_macro_f1_sd": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
-            "vs_control": {
-                "row": row.control,
-                **paired(values, [s["rows"][row.control]["test"]["macro_f1"] for s in seeds]),
-            },
-        }
+        points[f"{seeds[0]['pool']['texts']}_in (all)"] = point(seeds, values)
     return {"row": row.name, "points": points}
 
 

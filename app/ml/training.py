@@ -437,23 +437,35 @@ def pretrain_joint(
     return history
 
 
+def logits_in_order(
+    classifier: Classifier,
+    texts: Sequence[str],
+    progress: ProgressFn = _no_progress,
+    batch_size: int = 64,
+) -> list[list[float]]:
+    """The logits of each text, in order. Texts are scored in batches of similar length
+    (far less padding) and put back in their order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[list[float]] = [[] for _ in texts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, row in zip(
+            chunk, classifier.logits([texts[i] for i in chunk]).tolist(), strict=True
+        ):
+            out[i] = row
+        progress(min(1.0, (start + batch_size) / max(1, len(texts))), 0.0)
+    return out
+
+
 def predict(
     classifier: Classifier,
     texts: Sequence[str],
     progress: ProgressFn = _no_progress,
     batch_size: int = 64,
 ) -> list[str]:
-    """The predicted label of each text, in order. Texts are scored in batches of similar
-    length (far less padding) and put back in their order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    predicted: list[str] = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids = classifier.logits([texts[i] for i in chunk]).argmax(-1).tolist()
-        for i, label in zip(chunk, ids, strict=True):
-            predicted[i] = classifier.labels[label]
-        progress(min(1.0, (start + batch_size) / max(1, len(texts))), 0.0)
-    return predicted
+    """The predicted label of each text, in order."""
+    logits = logits_in_order(classifier, texts, progress, batch_size)
+    return [classifier.labels[max(range(len(row)), key=row.__getitem__)] for row in logits]
 
 
 def scores(

@@ -4,8 +4,13 @@ and how the micro-batcher cuts gathered texts into forward passes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import TypeVar
+
+from app.serving.telemetry import ISOLATED_FAILURES
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -25,6 +30,22 @@ def settle(
             else:
                 future.set_result(outcome[start : start + size])
         start += size
+
+
+def failed_alone(
+    where: str, request_id: str, error: BaseException, level: int = logging.WARNING
+) -> None:
+    """Count and log a request that failed by itself inside a shared batch (`where`: model
+    or store) while the rest of the batch was answered: one line, with its request id."""
+    ISOLATED_FAILURES.labels(where).inc()
+    log.log(
+        level,
+        "request %s failed alone in its %s batch: %s",
+        request_id,
+        where,
+        error,
+        extra={"request_id": request_id},
+    )
 
 
 def plan_forward_passes(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:

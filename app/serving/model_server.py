@@ -22,9 +22,9 @@ from app.core.config import Settings
 from app.core.logs import request_id
 from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import version_dir
-from app.serving.batching import plan_forward_passes, settle
+from app.serving.batching import failed_alone, plan_forward_passes, settle
 from app.serving.busy import ServingBeacon
-from app.serving.telemetry import BATCH_TEXTS, ISOLATED_FAILURES, QUEUE_TEXTS
+from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS
 from app.store import registry as versions
 from app.store.database import Store
 
@@ -268,11 +268,11 @@ class ModelServer:
             outcome: list[Scored] | BaseException
             try:
                 outcome = await loop.run_in_executor(self._infer, self._score, served, texts)
-            except Exception:
+            except Exception as exc:
                 # One request's text must not fail the others gathered with it: score
                 # each request alone and fail only the ones that fail by themselves.
                 outcomes = await loop.run_in_executor(
-                    self._infer, self._score_each, served, pending
+                    self._infer, self._score_each, served, pending, exc
                 )
                 for p, each in zip(pending, outcomes, strict=True):
                     settle([p.future], [len(p.texts)], each)
@@ -280,25 +280,24 @@ class ModelServer:
             settle([p.future for p in pending], [len(p.texts) for p in pending], outcome)
 
     def _score_each(
-        self, served: ServedModel, pending: list[_Pending]
+        self, served: ServedModel, pending: list[_Pending], batch_error: Exception
     ) -> list[list[Scored] | BaseException]:
         outcomes: list[list[Scored] | BaseException] = []
         for p in pending:
-            try:
-                outcomes.append(self._score(served, p.texts))
-            except Exception as exc:
-                blamed = self._blame(served, p.texts, exc)
-                if isinstance(blamed, UnscorableText):
-                    ISOLATED_FAILURES.labels("model").inc()
-                    log.warning(
-                        "request %s failed alone in its batch: %s",
-                        p.request_id,
-                        blamed,
-                        extra={"request_id": p.request_id},
-                    )
-                else:
-                    log.error("the model failed on request %s: %s", p.request_id, exc)
-                outcomes.append(blamed)
+            # A batch of one request has just failed as a whole: it is not scored again.
+            error: Exception | None = batch_error if len(pending) == 1 else None
+            if error is None:
+                try:
+                    outcomes.append(self._score(served, p.texts))
+                    continue
+                except Exception as exc:
+                    error = exc
+            blamed = self._blame(served, p.texts, error)
+            if isinstance(blamed, UnscorableText):
+                failed_alone("model", p.request_id, blamed)
+            else:
+                log.error("the model failed on request %s: %s", p.request_id, error)
+            outcomes.append(blamed)
         return outcomes
 
     def _blame(self, served: ServedModel, texts: list[str], exc: Exception) -> BaseException:

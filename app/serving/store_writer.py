@@ -17,8 +17,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.core.logs import request_id
-from app.serving.batching import settle
-from app.serving.telemetry import ISOLATED_FAILURES, WRITER_PENDING
+from app.serving.batching import failed_alone, settle
+from app.serving.telemetry import WRITER_PENDING
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, insert_predictions
 
@@ -87,29 +87,26 @@ class StoreWriter:
             except _OUTAGES as exc:
                 outcome = exc
             except Exception as exc:
-                if len(batch) == 1:
-                    settle([batch[0].future], [len(batch[0].predictions)], exc)
+                if len(batch) > 1:
+                    await self._commit_each(batch)
                     continue
-                # A row the database refuses must not fail the rows committed with it:
-                # each request's rows again, in a transaction of their own.
-                for item in batch:
-                    try:
-                        each: list[int] | BaseException = await loop.run_in_executor(
-                            self._thread, self._commit, [item]
-                        )
-                    except Exception as alone:
-                        each = alone
-                        if not isinstance(alone, _OUTAGES):
-                            ISOLATED_FAILURES.labels("store").inc()
-                            log.error(
-                                "the store refused the rows of request %s: %s",
-                                item.request_id,
-                                alone,
-                                extra={"request_id": item.request_id},
-                            )
-                    settle([item.future], [len(item.predictions)], each)
-                continue
+                outcome = exc
             settle([b.future for b in batch], [len(b.predictions) for b in batch], outcome)
+
+    async def _commit_each(self, batch: list[_Write]) -> None:
+        """A row the database refuses must not fail the rows committed with it: each
+        request's rows again, in a transaction of their own."""
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            outcome: list[int] | BaseException
+            try:
+                outcome = await loop.run_in_executor(self._thread, self._commit, [item])
+            except Exception as exc:
+                outcome = exc
+                if not isinstance(exc, _OUTAGES):
+                    # The store refused what validation let through: an error, not input.
+                    failed_alone("store", item.request_id, exc, logging.ERROR)
+            settle([item.future], [len(item.predictions)], outcome)
 
     def _commit(self, batch: list[_Write]) -> list[int]:
         with self.store.session() as session:
