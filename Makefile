@@ -31,23 +31,23 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 # Serving and training benchmarks against their baselines (about 11 minutes here); writes
-# bench-results/bench.json and the README table. On a GPU machine: python -m bench.gpu.
+# bench-results/bench.json and the table in docs/benchmarks.md. On a GPU machine: python -m bench.gpu.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The method against its compute-matched control (README "Does it work?"): 87 minutes on
-# 2 cores. REPRO_ARGS=--quick for a few-minute smoke run; --rows, --seeds to rerun a part.
+# The method against its compute-matched control (docs/ablation.md): 87 minutes on 2 cores.
+# REPRO_ARGS=--quick for a few-minute smoke run; --rows, --seeds to rerun a part.
 repro: $(STAMP)
-	$(BIN)/python -m app.cli repro --out repro-results $(REPRO_ARGS)
+	$(BIN)/python -m research --out repro-results $(REPRO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers bench tests
-	$(BIN)/ruff format --check app workers bench tests
-	$(BIN)/mypy app workers bench
+	$(BIN)/ruff check app workers bench research tests
+	$(BIN)/ruff format --check app workers bench research tests
+	$(BIN)/mypy app workers bench research
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix app workers bench tests
-	$(BIN)/ruff format app workers bench tests
+	$(BIN)/ruff check --fix app workers bench research tests
+	$(BIN)/ruff format app workers bench research tests
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -10,8 +10,8 @@
 6. training: our joint step against a naive one on the same batches.
 
 The service is started as a user would (`pfp api`, `pfp worker`), on loopback. Results go
-to bench-results/bench.json, a Markdown table on stdout and, for a full run, the README's
-benchmark table.
+to bench-results/bench.json, a Markdown table on stdout and, for a full run, the
+benchmark table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,10 @@ import httpx
 import torch
 
 from app.core.config import Settings
-from app.ml.data import demo_gold
-from app.registry import activate_if_champion, notify_swap, version_dir, write_version
-from app.store import registry as versions
+from app.registry import publish, version_dir
+from app.store import versions
 from app.store.database import Store
+from app.store.gold_files import demo_gold
 from bench.forms import log
 from bench.load import LoadResult, run_load
 from bench.tiny import build_tiny_bert
@@ -61,10 +62,13 @@ class Service:
         self.out = out
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, prefix: Sequence[str] = (), **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start `python -m app.cli ARGS`, behind `prefix` (a command such as `nice -n 19`)."""
         handle = (self.out / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [*prefix, sys.executable, "-m", "app.cli", *args],
             cwd=ROOT,
             env={**self.env, **env},
             stdout=handle,
@@ -122,20 +126,24 @@ def publish_copy(settings: Settings, store: Store) -> int:
         assert active is not None
         labels = list(versions.get_version(session, active).labels)  # type: ignore[union-attr]
     source = version_dir(settings, active)
-    version = write_version(
+
+    def copy(folder: Path) -> None:
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+
+    published = publish(
         settings,
         store,
-        lambda folder: shutil.copytree(source, folder, dirs_exist_ok=True),
+        copy,
         labels=labels,
-        parent_version=active,
+        champion=active,
+        wins=True,
+        reason="bench: swap under load",
         job_id=None,
         metrics={},
         lineage={"kind": "bench-copy"},
-        decision="published",
     )
-    activate_if_champion(store, version, active, "bench: swap under load")
-    notify_swap(settings, version)
-    return version
+    assert published.promoted, published.conflict
+    return published.version
 
 
 def latency_summary(load: LoadResult, since: float = 0.0, until: float = 1e9) -> float:
@@ -150,19 +158,19 @@ def latency_summary(load: LoadResult, since: float = 0.0, until: float = 1e9) ->
     return round(window[min(len(window) - 1, int(0.99 * len(window)))] * 1000, 1)
 
 
-# Ways a worker can share the machine with serving (part 5): the first is the baseline,
-# the last the defaults (nice 10, and pausing between steps while serving is busy).
+# Ways a worker can share the machine with serving: the first is the baseline, the last
+# the service's way (pausing between training steps while serving is busy). The others are
+# the operating system's ways, applied from outside: measured, they do not protect serving,
+# so the service does not offer them as settings.
 NO_PAUSE = {"WORKER_MIN_SHARE": "1"}
-WORKER_SETUPS: dict[str, dict[str, str]] = {
-    "nice 0": {**NO_PAUSE, "WORKER_NICE": "0", "WORKER_SCHED_IDLE": "false"},
-    "nice 19": {**NO_PAUSE, "WORKER_NICE": "19", "WORKER_SCHED_IDLE": "false"},
-    "SCHED_IDLE, 1 thread": {
-        **NO_PAUSE,
-        "WORKER_NICE": "19",
-        "WORKER_SCHED_IDLE": "true",
-        "WORKER_TORCH_THREADS": "1",
-    },
-    "defaults: pauses while serving is busy": {},
+WORKER_SETUPS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "nice 0": ([], NO_PAUSE),
+    "nice 19": (["nice", "-n", "19"], NO_PAUSE),
+    "SCHED_IDLE, 1 thread": (
+        ["chrt", "--idle", "0", "nice", "-n", "19"],
+        {**NO_PAUSE, "OMP_NUM_THREADS": "1"},
+    ),
+    "defaults: pauses while serving is busy": ([], {}),
 }
 
 
@@ -253,13 +261,10 @@ class Bench:
                 self.seconds / 2,
                 self.out / "onnx",
             ).result()
-        served = (
-            "int8"
-            if self.settings.infer_precision == "int8"
-            else "onnxruntime"
-            if self.settings.infer_backend == "onnxruntime"
-            else "fp32"
-        )
+        # The form that INFER_BACKEND serves, by its name in `forms`.
+        served = {"torch-int8": "int8", "onnxruntime": "onnxruntime", "torch": "fp32"}[
+            self.settings.infer_backend
+        ]
         return {"forms": forms, "served": served, "test_n": len(test), **forms[served]}
 
     # -- 2 ----------------------------------------------------------------------------
@@ -354,7 +359,8 @@ class Bench:
             # Idle again before each setup: the machine drifts over minutes.
             idle.append(self.load("/label", 8))
             log(f"5. worker: {name}")
-            worker = self.service.start(f"worker-{len(results)}", "worker", **setup)
+            prefix, env = setup
+            worker = self.service.start(f"worker-{len(results)}", "worker", prefix=prefix, **env)
             try:
                 job = httpx.post(
                     f"{url}/jobs",
@@ -376,7 +382,7 @@ class Bench:
                 results[name] = run_load(
                     [url], "/label", self.texts, 8, self.seconds * 2, 0, HEADERS
                 ).summary()
-                results[name]["setup"] = setup
+                results[name]["setup"] = {"command": " ".join(prefix), **env}
                 httpx.post(f"{job_url}/cancel", headers=HEADERS)
                 while httpx.get(job_url, headers=HEADERS).json()["status"] == "running":
                     time.sleep(0.5)
@@ -526,25 +532,25 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines + extra)
 
 
-README_START = "<!-- bench:start (written by make bench) -->"
-README_END = "<!-- bench:end -->"
+TABLE_START = "<!-- bench:start (written by make bench) -->"
+TABLE_END = "<!-- bench:end -->"
 
 
-def write_readme(r: dict[str, Any], readme: Path) -> None:
-    """Put this run's table between the README's bench markers."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        log(f"{readme} has no bench markers; table not written there")
+def write_table(r: dict[str, Any], page: Path) -> None:
+    """Put this run's table between the bench markers of docs/benchmarks.md."""
+    text = page.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        log(f"{page} has no bench markers; table not written there")
         return
     m = r["machine"]
     header = (
         f"One run, {r['finished']}, on {m['cpu']} ({m['cpus']} cores, torch {m['torch']}, "
         f"serving {r.get('ceiling', {}).get('served', '?')}; the client shares the cores):"
     )
-    before, rest = text.split(README_START, 1)
-    after = rest.split(README_END, 1)[1]
-    readme.write_text(f"{before}{README_START}\n{header}\n\n{render(r)}\n{README_END}{after}")
-    log(f"wrote the table into {readme}")
+    before, rest = text.split(TABLE_START, 1)
+    after = rest.split(TABLE_END, 1)[1]
+    page.write_text(f"{before}{TABLE_START}\n{header}\n\n{render(r)}\n{TABLE_END}{after}")
+    log(f"wrote the table into {page}")
 
 
 def cpu_name() -> str:
@@ -576,7 +582,7 @@ def main() -> None:
         help="serve the model a previous run bootstrapped under --out (saves minutes while tuning)",
     )
     parser.add_argument(
-        "--no-readme", action="store_true", help="do not write the table into README.md"
+        "--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md"
     )
     args = parser.parse_args()
     parts = sorted({int(p) for p in args.parts.split(",")})
@@ -616,8 +622,8 @@ def main() -> None:
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     print(render(results))
     log(f"wrote {out / 'bench.json'}")
-    if not args.quick and not args.no_readme and parts == sorted(PARTS):
-        write_readme(results, ROOT / "README.md")
+    if not args.quick and not args.no_docs and parts == sorted(PARTS):
+        write_table(results, ROOT / "docs" / "benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def measure_forms(
     fp32 = load_classifier(folder, max_length)
     # The student a job with student_layers = half makes: the same blocks, half as many.
     # Cut here, not trained, so only its speed means anything; its quality is measured by
-    # `make repro` (README, "Does it work?").
+    # `make repro` (docs/ablation.md).
     student = load_classifier(folder, max_length)
     layers = len(encoder_layers(student.model))
     keep_layers(student.model, max(1, layers // 2))

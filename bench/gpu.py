@@ -33,7 +33,7 @@ def default_base() -> Path:
 
 
 def default_texts() -> list[str]:
-    from app.ml.data import demo_gold
+    from app.store.gold_files import demo_gold
 
     return [g.text for g in demo_gold(13) if g.split == "train"]
 

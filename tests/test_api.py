@@ -9,8 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
-from app.store import jobs, pseudo_labels
-from app.store import registry as versions
+from app.store import jobs, pseudo_labels, versions
 from app.store.database import Store
 from tests.conftest import ADMIN, RecordingQueue
 from workers.retrain import run_retrain_job

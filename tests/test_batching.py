@@ -3,11 +3,8 @@ CPU: what a user relies on is the same answer, in the same order, whatever the b
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +20,6 @@ from app.serving.batching import plan_forward_passes
 from app.serving.model_server import ModelServer, ServedModel
 from app.store.database import Store
 from tests.conftest import ADMIN
-from tests.processes import ROOT
 
 LENGTHS = [random.Random(3).randint(3, 60) for _ in range(200)]
 
@@ -79,9 +75,7 @@ def test_server_scores_match_one_text_at_a_time_in_caller_order(published_copy: 
 
 
 def test_int8_serving_answers_and_stores(published_copy: Settings):
-    settings = published_copy.model_copy(
-        update={"infer_precision": "int8", "infer_backend": "torch"}
-    )
+    settings = published_copy.model_copy(update={"infer_backend": "torch-int8"})
     app = create_app(settings)
     with TestClient(app, headers=ADMIN) as client:
         r = client.post("/label/batch", json={"texts": ["@united lost my bag", "great crew"]})
@@ -108,34 +102,8 @@ def test_int8_keeps_the_predictions_of_a_trained_classifier(tiny_base: Path):
     assert fp32.model is not int8.model  # the fp32 model is left as it was
 
 
-def test_worker_pool_process_yields_the_cpu(tmp_path: Path):
-    """What a Celery pool process does before its first task, in a process of its own."""
-    script = (
-        "import json, os, torch\n"
-        "from workers.tasks import _yield_cpu_to_serving\n"
-        "_yield_cpu_to_serving()\n"
-        "print(json.dumps({'policy': os.sched_getscheduler(0), 'idle': os.SCHED_IDLE,"
-        " 'nice': os.nice(0), 'threads': torch.get_num_threads()}))\n"
-    )
-    env = {
-        **os.environ,
-        "DATA_DIR": str(tmp_path),
-        "WORKER_NICE": "7",
-        "WORKER_SCHED_IDLE": "true",
-        "WORKER_TORCH_THREADS": "1",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen["policy"] == seen["idle"]
-    assert seen["nice"] == os.nice(0) + 7
-    assert seen["threads"] == 1
-
-
 def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Path):
-    from app.serving.busy import ServingBeacon, TrainingYield, machine_id, serving_busy
+    from app.core.busy import ServingBeacon, TrainingYield, machine_id, serving_busy
 
     models = tmp_path / "models"
     assert not serving_busy(models)  # no API process has served yet
@@ -169,7 +137,7 @@ def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Pa
 
 
 def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
-    from app.serving.busy import ServingBeacon, TrainingYield
+    from app.core.busy import ServingBeacon, TrainingYield
 
     ServingBeacon(tmp_path).mark_busy()
     yielder = TrainingYield(tmp_path, min_share=1.0)
@@ -180,7 +148,7 @@ def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
 
 
 def test_the_model_server_signals_while_it_scores(published_copy: Settings):
-    from app.serving.busy import serving_busy
+    from app.core.busy import serving_busy
 
     classifier = load_classifier(version_dir(published_copy, 1), published_copy.max_length)
     server = ModelServer(published_copy, Store(published_copy.store_url), lambda _v: classifier)
@@ -189,32 +157,41 @@ def test_the_model_server_signals_while_it_scores(published_copy: Settings):
     assert serving_busy(published_copy.models_path)
 
 
-def test_onnxruntime_serving_gives_torch_answers(published_copy: Settings):
-    """INFER_BACKEND=onnxruntime (the default) answers with PyTorch's scores; an API process
-    exports a version that was published without model.onnx itself, never half-written."""
-    texts = ["@united lost my bag", "great crew, thanks", "ok"]
-    (version_dir(published_copy, 1) / "model.onnx").unlink(missing_ok=True)  # export it here
-    torch_settings = published_copy.model_copy(update={"infer_backend": "torch"})
-    with TestClient(create_app(torch_settings), headers=ADMIN) as client:
-        torch_scores = [
-            r["scores"]
-            for r in client.post("/label/batch", json={"texts": texts}).json()["results"]
-        ]
-    onnx_settings = published_copy.model_copy(update={"infer_backend": "onnxruntime"})
-    with TestClient(create_app(onnx_settings), headers=ADMIN) as client:
+def _scores(settings: Settings, texts: list[str]) -> list[dict[str, float]]:
+    with TestClient(create_app(settings), headers=ADMIN) as client:
         r = client.post("/label/batch", json={"texts": texts})
         assert r.status_code == 200, r.text
-        ort_scores = [x["scores"] for x in r.json()["results"]]
-    assert (version_dir(published_copy, 1) / "model.onnx").is_file()
-    assert not list(version_dir(published_copy, 1).glob(".model.onnx.*"))  # no partial file
-    for a, b in zip(torch_scores, ort_scores, strict=True):
-        assert a.keys() == b.keys()
-        assert all(abs(a[k] - b[k]) < 1e-4 for k in a)
+        return [x["scores"] for x in r.json()["results"]]
 
 
-def test_int8_is_a_torch_only_form(tmp_path: Path):
-    with pytest.raises(ValueError, match="INFER_BACKEND=torch only"):
-        Settings(data_dir=tmp_path, infer_precision="int8", infer_backend="onnxruntime")
+def _same_scores(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        assert all(abs(x[k] - y[k]) < 1e-4 for k in x)
+
+
+def test_onnxruntime_serving_gives_torch_answers(published_copy: Settings):
+    """INFER_BACKEND=onnxruntime (the default) answers with PyTorch's scores."""
+    texts = ["@united lost my bag", "great crew, thanks", "ok"]
+    torch_scores = _scores(published_copy.model_copy(update={"infer_backend": "torch"}), texts)
+    _same_scores(torch_scores, _scores(published_copy, texts))
+
+
+def test_a_version_without_its_onnx_export_serves_with_torch_untouched(
+    published_copy: Settings, caplog: pytest.LogCaptureFixture
+):
+    """A published folder is never written again: an API process serves a version that
+    lacks model.onnx with PyTorch instead of exporting it into the live folder."""
+    texts = ["@united lost my bag", "great crew, thanks", "ok"]
+    folder = version_dir(published_copy, 1)
+    (folder / "model.onnx").unlink()
+    before = sorted(p.name for p in folder.iterdir())
+    served = _scores(published_copy, texts)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert "published without model.onnx" in caplog.text
+    assert "serving it with PyTorch" in caplog.text
+    torch_settings = published_copy.model_copy(update={"infer_backend": "torch"})
+    _same_scores(_scores(torch_settings, texts), served)
 
 
 def test_published_versions_carry_their_onnx_export(published_copy: Settings):

@@ -24,14 +24,13 @@ import pytest
 import uvicorn
 from sqlalchemy import select
 
-from app import cli_ops
 from app.api.routes import labels as labels_route
 from app.cli import build_parser, main
-from app.client import default_api_key, default_url
+from app.cli import data as cli_data
+from app.cli.client import default_api_key, default_url
 from app.core.config import Settings
 from app.main import create_app
-from app.store import gold, jobs, pseudo_labels
-from app.store import registry as versions
+from app.store import gold, jobs, pseudo_labels, versions
 from app.store.database import Store
 from app.store.tables import GoldExample, PseudoLabel
 from tests.conftest import ADMIN, ADMIN_KEY, LABEL_KEY, make_settings
@@ -314,7 +313,7 @@ def test_export_each_filter_and_format_matches_the_store(
     flags = _flags(filters)
     # Small pages and row groups, so that streaming across several of them is what is tested.
     monkeypatch.setattr(labels_route, "EXPORT_PAGE", 5)
-    monkeypatch.setattr(cli_ops, "PARQUET_ROW_GROUP", 4)
+    monkeypatch.setattr(cli_data, "PARQUET_ROW_GROUP", 4)
 
     status, out, err = pfp(capsys, live, "export", *flags)
     assert status == 0, err

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from app.cli.docs_tables import with_generated_tables
 from app.core.config import Settings
 from app.main import create_app
-from app.readme_tables import with_generated_tables
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -20,7 +20,7 @@ def test_every_setting_is_in_the_configuration_table():
 def test_the_settings_and_job_parameter_tables_are_the_generated_ones():
     assert with_generated_tables(README) == README, (
         "README.md's configuration or job-parameter table differs from app/core/config.py / "
-        "app/ml/job_params.py; regenerate them with `python -m app.readme_tables "
+        "app/ml/job_params.py; regenerate them with `python -m app.cli.docs_tables "
         "--write-readme` (from the checkout root)"
     )
 

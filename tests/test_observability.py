@@ -290,7 +290,7 @@ def test_the_card_is_in_the_folder_before_it_appears(
     published_copy: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     """The card goes into the temporary folder, so no live `v{N}` ever lacks it."""
-    import app.registry as registry
+    import app.registry.folders as registry
     from app.ml.modeling import load_classifier, save_classifier
 
     seen: dict[str, set[str]] = {}  # folder name put in place -> the files it held

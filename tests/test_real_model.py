@@ -7,10 +7,10 @@ import math
 import pytest
 
 from app.core.config import packaged_base_model
-from app.ml.data import demo_gold
 from app.ml.joint import JointModel
 from app.ml.modeling import Classifier, init_classifier
 from app.ml.training import LoopConfig, PretrainConfig, evaluate, fine_tune, pretrain_joint
+from app.store.gold_files import demo_gold
 
 
 def test_demo_gold_is_deduplicated_split_and_reproducible():

@@ -1,4 +1,4 @@
-"""`pfp repro --quick`: the experiment runs end to end, compares every row with its
+"""`python -m research --quick`: the experiment runs end to end, compares every row with its
 compute-matched control seed by seed, and writes a table, a JSON and a plot that agree.
 (The tiny test encoder keeps it to seconds; the real table is `make repro`.)"""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
 from app.ml.job_params import JobParams
-from app.ml.repro import (
+from research.__main__ import main
+from research.repro import (
     MAIN_ROWS,
     ROWS,
     ReproConfig,
@@ -38,7 +38,7 @@ def _run(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def quick_table(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("repro")
-    assert _run(["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out), *FAST]) == 0
+    assert _run(["--quick", "--base-model", str(tiny_base), "--out", str(out), *FAST]) == 0
     result = json.loads((out / "results.json").read_text())
     result["_out"] = str(out)
     return result
@@ -100,7 +100,7 @@ def test_the_table_the_json_and_the_plot_agree(quick_table: dict):
 def test_rows_rerun_exactly(quick_table: dict, tiny_base: Path, tmp_path: Path):
     """`--rows` trains the teacher again and then only the rows asked for: the same numbers."""
     out = tmp_path / "again"
-    argv = ["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out), *FAST]
+    argv = ["--quick", "--base-model", str(tiny_base), "--out", str(out), *FAST]
     assert _run([*argv, "--rows", "kd_half_noise", "--no-pool-curve"]) == 0
     again = json.loads((out / "results.json").read_text())["tables"][0]
     assert list(again["summary"]) == ["control", "kd_half_noise"]
@@ -135,7 +135,7 @@ def test_any_gold_file(kind: str, tiny_base: Path, tmp_path: Path):
         rows = [(f"{'good' if i % 2 else 'bad'} item {i}", str(i % 2)) for i in range(500)]
     gold = _write(tmp_path / "gold.jsonl", rows)
     out = tmp_path / "out"
-    argv = ["repro", "--quick", "--base-model", str(tiny_base), "--gold-file", str(gold)]
+    argv = ["--quick", "--base-model", str(tiny_base), "--gold-file", str(gold)]
     argv += ["--rows", "kd_half", "--seeds", "1", "--out", str(out)]
     assert _run(argv) == 0
     result = json.loads((out / "results.json").read_text())
@@ -155,7 +155,7 @@ def test_any_gold_file(kind: str, tiny_base: Path, tmp_path: Path):
 def test_repro_refuses_what_it_cannot_run(tiny_base: Path, tmp_path: Path, capsys):
     gold = write_gold_file(tmp_path / "gold.jsonl", n=80, seed=4)
     out = tmp_path / "repro"
-    argv = ["repro", "--quick", "--base-model", str(tiny_base), "--out", str(out)]
+    argv = ["--quick", "--base-model", str(tiny_base), "--out", str(out)]
     assert _run([*argv, "--gold-file", str(gold)]) == 2
     assert "leave no pool" in capsys.readouterr().err
     assert _run([*argv, "--rows", "kd,magic"]) == 2

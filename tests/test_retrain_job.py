@@ -7,13 +7,14 @@ import pytest
 from app.core.config import Settings
 from app.registry import (
     PublishConflict,
+    Published,
     activate_if_champion,
     live_version_dirs,
+    publish,
     version_dir,
     write_version,
 )
-from app.store import jobs, pseudo_labels
-from app.store import registry as versions
+from app.store import jobs, pseudo_labels, versions
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction
 from tests.conftest import synthetic_texts
@@ -207,29 +208,34 @@ def test_crash_while_saving_leaves_no_live_folder(settings: Settings, store: Sto
 
 
 def test_two_publishers_against_one_champion(settings: Settings, store: Store):
+    """Both evaluated against v1; the second to publish is recorded as rejected, with why."""
+
     def save(folder):
         (folder / "config.json").write_text("{}")
 
-    made = [
-        write_version(
+    def publish_against(champion: int | None, reason: str) -> Published:
+        return publish(
             settings,
             store,
             save,
             labels=["a"],
-            parent_version=None,
+            champion=champion,
+            wins=True,
+            reason=reason,
             job_id=None,
             metrics={},
             lineage={},
-            decision="published",
         )
-        for _ in range(3)
-    ]
-    activate_if_champion(store, made[0], None, "first")
-    activate_if_champion(store, made[1], made[0], "job A")
-    with pytest.raises(PublishConflict, match="changed"):
-        activate_if_champion(store, made[2], made[0], "job B evaluated against the old champion")
+
+    first = publish_against(None, "first")
+    job_a = publish_against(first.version, "job A")
+    job_b = publish_against(first.version, "job B evaluated against the old champion")
+    assert first.promoted and job_a.promoted and not job_b.promoted
+    assert job_b.conflict is not None and "changed from v1 to v2" in job_b.conflict
     with store.session() as s:
-        assert versions.active_version(s) == made[1]
+        assert versions.active_version(s) == job_a.version
+        assert versions.get_version(s, job_b.version).decision == "rejected"
+        assert versions.get_version(s, job_b.version).state == "ready"  # kept, not served
 
 
 def test_beat_submits_only_when_enough_new_labels(ready):
@@ -295,7 +301,7 @@ def test_concurrent_publishers_exactly_one_wins(settings: Settings, backend, req
     outcomes: dict[int, str] = {}
     barrier = threading.Barrier(len(candidates))
 
-    def publish(version: int) -> None:
+    def race(version: int) -> None:
         barrier.wait()
         try:
             activate_if_champion(store, version, champion, "race")
@@ -303,7 +309,7 @@ def test_concurrent_publishers_exactly_one_wins(settings: Settings, backend, req
         except PublishConflict:
             outcomes[version] = "conflict"
 
-    threads = [threading.Thread(target=publish, args=(v,)) for v in candidates]
+    threads = [threading.Thread(target=race, args=(v,)) for v in candidates]
     for t in threads:
         t.start()
     for t in threads:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.store import gold, jobs, pseudo_labels
-from app.store import registry as versions
+from app.store import gold, jobs, pseudo_labels, versions
 from app.store.pseudo_labels import Prediction
 from app.store.tables import utcnow
 

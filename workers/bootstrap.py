@@ -2,6 +2,8 @@
 
 `make serve` runs this in the foreground before the API starts, so a new user watches
 its progress; docker-compose runs it as a one-shot service that api and worker wait for.
+It goes through the stages a retraining job does (`workers/pipeline.py`), without the
+pre-training: load gold, fine-tune as a job fine-tunes, evaluate, publish.
 """
 
 from __future__ import annotations
@@ -12,24 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.core.config import Settings
-from app.ml.data import demo_gold, read_gold_file
 from app.ml.job_params import JobParams
-from app.ml.method import finetune_config
-from app.ml.modeling import Classifier, init_classifier, save_classifier
-from app.ml.training import ProgressFn, evaluate, fine_tune
-from app.registry import PublishConflict, activate_if_champion, notify_swap, write_version
-from app.store import gold
-from app.store import registry as versions
+from app.ml.method import fine_tune_on_gold, finetune_config, student
+from app.ml.modeling import Classifier, save_classifier
+from app.registry import publish
+from app.store import gold, versions
 from app.store.database import Store
+from app.store.gold_files import demo_gold, read_gold_file
+from workers.pipeline import evaluate, load_gold
 
 log = logging.getLogger(__name__)
 
 # Called with (stage, fraction of the stage done).
 StageProgress = Callable[[str, float], None]
-
-
-def _for_stage(report: StageProgress, stage: str) -> ProgressFn:
-    return lambda fraction, _loss: report(stage, fraction)
 
 
 def import_bootstrap_gold(settings: Settings, store: Store) -> int:
@@ -61,55 +58,48 @@ def bootstrap_first_model(
             if versions.active_version(session) is not None:
                 return None
         import_bootstrap_gold(settings, store)
-        with store.session() as session:
-            labels = gold.gold_labels(session)
-            train = gold.load_split(session, "train")
-            dev = gold.load_split(session, "dev")
-            test = gold.load_split(session, "test")
-        if len(labels) < 2:
-            raise ValueError(f"gold data needs at least two labels to train on, found {labels}")
+        data = load_gold(store)
+        if len(data.labels) < 2:
+            raise ValueError(
+                f"gold data needs at least two labels to train on, found {data.labels}"
+            )
 
-        base = settings.base_model_path
-        model, tokenizer = init_classifier(base, labels)
-        # Fine-tuned as a job fine-tunes (precision, checkpoint kept by dev macro-F1), so
-        # the first champion and later candidates are chosen the same way.
+        # A job's parameters (precision, checkpoint kept by dev macro-F1) with the
+        # bootstrap's length, so the first champion and later candidates are made alike.
         params = JobParams(
             finetune_epochs=settings.bootstrap_epochs,
             finetune_max_steps=settings.bootstrap_max_steps,
-            max_length=settings.max_length,
             seed=settings.seed,
+        ).at_length(settings.max_length)
+        base = settings.base_model_path
+        model, tokenizer = student(base, data.labels, params)
+        history = fine_tune_on_gold(
+            model,
+            tokenizer,
+            *data.train,
+            params,
+            lambda fraction, _loss: report("fine-tuning", fraction),
+            dev=data.dev,
         )
-        config = finetune_config(params)
-        history = fine_tune(
-            model, tokenizer, *train, config, _for_stage(report, "fine-tuning"), dev=dev
-        )
-        classifier = Classifier(model, tokenizer, labels, settings.max_length)
-        metrics = {}
-        for split, (texts, gold_labels) in (("dev", dev), ("test", test)):
-            if texts:
-                metrics[split] = evaluate(
-                    classifier, texts, gold_labels, _for_stage(report, f"evaluating {split}")
-                )
-        version = write_version(
+        classifier = Classifier(model, tokenizer, data.labels, settings.max_length)
+        evaluation = evaluate(classifier, data, lambda fraction: report("evaluating", fraction))
+        published = publish(
             settings,
             store,
             lambda folder: save_classifier(model, tokenizer, folder),
-            labels=labels,
-            parent_version=None,
+            labels=data.labels,
+            champion=None,
+            wins=True,
+            reason="bootstrap: first model",
             job_id=None,
-            metrics=metrics,
+            metrics=evaluation.metrics,
             lineage={
                 "kind": "bootstrap",
                 "start_path": str(base),
-                "gold_train": len(train[0]),
+                "gold_train": len(data.train[0]),
                 "layers": int(model.config.num_hidden_layers),
-                "finetune": {**config.__dict__, "loss": history.as_dict()},
+                "finetune": {**finetune_config(params).__dict__, "loss": history.as_dict()},
             },
-            decision="published",
         )
-        try:
-            activate_if_champion(store, version, None, "bootstrap: first model")
-        except PublishConflict:
-            return None
-        notify_swap(settings, version)
-        return version
+        # Not promoted: another process published a first model meanwhile; it serves.
+        return published.version if published.promoted else None

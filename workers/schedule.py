@@ -7,8 +7,7 @@ from datetime import timedelta
 
 from app.core.config import Settings
 from app.ml.job_params import JobParams
-from app.store import jobs, pseudo_labels
-from app.store import registry as versions
+from app.store import jobs, pseudo_labels, versions
 from app.store.database import Store
 from app.store.tables import utcnow
 

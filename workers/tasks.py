@@ -7,37 +7,13 @@ small and forks before any OpenMP thread pool exists.
 from __future__ import annotations
 
 import logging
-import os
 from functools import lru_cache
-
-from celery.signals import worker_process_init
 
 from app.core.config import get_settings
 from app.store.database import Store
 from workers.celery_app import celery_app
 
 log = logging.getLogger(__name__)
-
-
-@worker_process_init.connect
-def _yield_cpu_to_serving(**_kwargs: object) -> None:
-    """Training in the pool process yields the CPU to an API process on the same machine.
-
-    Runs in the pool process before any task, so torch's OpenMP threads, created at the
-    first training step, inherit the niceness and policy (both are per thread on Linux).
-    """
-    settings = get_settings()
-    if settings.worker_nice:
-        os.nice(settings.worker_nice)
-    if settings.worker_sched_idle and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError as exc:
-            log.warning("could not switch training to SCHED_IDLE: %s", exc)
-    if settings.worker_torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.worker_torch_threads)
 
 
 @lru_cache

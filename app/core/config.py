@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,15 +71,11 @@ class Settings(BaseSettings):
         2048,
         description="Micro-batching: most padded tokens (texts x longest) in one forward pass.",
     )
-    infer_precision: Literal["fp32", "int8"] = Field(
-        "fp32",
-        description="Form of the served model: `fp32`, or `int8` (dynamic quantization of its "
-        "Linear layers).",
-    )
-    infer_backend: Literal["onnxruntime", "torch"] = Field(
+    infer_backend: Literal["onnxruntime", "torch", "torch-int8"] = Field(
         "onnxruntime",
         description="What runs the served model: `onnxruntime` (exported to model.onnx in its "
-        "folder when a version is published; same answers, faster here) or `torch`.",
+        "folder when a version is published; same answers, faster here), `torch`, or "
+        "`torch-int8` (PyTorch with its Linear layers quantized to int8 at load).",
     )
     infer_max_wait_ms: float = Field(
         2.0,
@@ -133,18 +129,6 @@ class Settings(BaseSettings):
         description="Most texts waiting for the model; past it /label answers 429 with "
         "Retry-After.",
     )
-    worker_nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="Niceness of worker pool processes (training): higher leaves the CPU to "
-        "serving on a shared machine.",
-    )
-    worker_sched_idle: bool = Field(
-        False,
-        description="Run training under Linux's SCHED_IDLE policy: it gets the CPU only when "
-        "nothing else (serving) wants it.",
-    )
     worker_min_share: float = Field(
         0.1,
         gt=0,
@@ -152,15 +136,6 @@ class Settings(BaseSettings):
         description="Training pauses between steps while an API process on the same machine "
         "serves, but keeps at least this share of the time (1: never pause).",
     )
-    worker_torch_threads: int = Field(
-        0, description="Intra-op threads of training in a worker (0: torch's default)."
-    )
-
-    @model_validator(mode="after")
-    def _one_serving_form(self) -> Settings:
-        if self.infer_precision == "int8" and self.infer_backend != "torch":
-            raise ValueError("INFER_PRECISION=int8 runs on INFER_BACKEND=torch only (set both)")
-        return self
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod

@@ -22,8 +22,7 @@ from app.api.routes.stats import load_label_stats
 from app.api.schemas import JobView, ModelView
 from app.core.times import iso_utc
 from app.dashboard import charts
-from app.store import jobs, stats
-from app.store import registry as versions
+from app.store import jobs, stats, versions
 
 HERE = Path(__file__).resolve().parent
 JOBS_SHOWN = 20  # the jobs table and the script's polling of GET /jobs show the same number

@@ -1,11 +1,11 @@
 """Parameters of a retraining job: what `POST /jobs` accepts, all optional.
 
-The defaults are the full-depth row of `make repro` (README "Does it work?") with the best
-dev gain over its compute-matched gold-only control, `kd`, which also beat that control on
-test in every seed: the paper's final method. The student starts from the base encoder
-and learns the serving model's logits (KL, soft labels) on the clean texts of the whole
-pool, with no masked-LM loss; then it is fine-tuned on gold, keeping its best dev
-checkpoint. bf16 where the CPU computes it natively.
+The defaults are the `kd` row of `make repro` (docs/ablation.md), the paper's final
+method, which beat its compute-matched gold-only control on test in every seed. The
+student starts from the base encoder and learns the serving model's logits (KL, soft
+labels) on the clean texts of the whole pool, with no masked-LM loss; then it is
+fine-tuned on gold, keeping its best dev checkpoint. bf16 where the CPU computes it
+natively.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from app.ml.training import cpu_has_fast_bf16
 
 
 class JobParams(BaseModel):
@@ -106,7 +104,13 @@ class JobParams(BaseModel):
         description="Stop fine-tuning after this many dev scorings without a gain (0: never).",
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Texts per training step.")
-    max_length: int = Field(128, ge=8, le=512, description="Tokens per text.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description="Tokens per text in training (default: the MAX_LENGTH setting, at which "
+        "the candidate is evaluated and served).",
+    )
     truncation: Literal["head", "head_tail"] = Field(
         "head",
         description="A longer text keeps its first tokens, or its first quarter and its end "
@@ -150,7 +154,9 @@ class JobParams(BaseModel):
             raise ValueError("mlm_weight and task_weight cannot both be 0: nothing to pre-train")
         return self
 
-    def use_bf16(self) -> bool:
-        if self.precision == "auto":
-            return cpu_has_fast_bf16()
-        return self.precision == "bf16"
+    def at_length(self, serving_max_length: int) -> JobParams:
+        """These parameters with `max_length` filled in: by default a candidate trains at
+        the length it will be evaluated and served at."""
+        if self.max_length is not None:
+            return self
+        return self.model_copy(update={"max_length": serving_max_length})

@@ -21,6 +21,7 @@ from app.ml.training import (
     LossHistory,
     PretrainConfig,
     ProgressFn,
+    cpu_has_fast_bf16,
     fine_tune,
     pretrain_joint,
 )
@@ -28,8 +29,20 @@ from app.ml.training import (
 Dev = tuple[Sequence[str], Sequence[str]]  # gold dev (texts, labels): picks the checkpoint
 
 
+def in_bf16(params: JobParams) -> bool:
+    """Whether training runs under bf16 autocast: `precision`, with `auto` resolved for
+    this CPU (bf16 only where it computes it natively)."""
+    if params.precision == "auto":
+        return cpu_has_fast_bf16()
+    return params.precision == "bf16"
+
+
 def _loop(params: JobParams, epochs: float, max_steps: int, learning_rate: float) -> dict[str, Any]:
-    """What both stages take from the job's parameters; only their length and rate differ."""
+    """What both stages take from the job's parameters; only their length and rate differ.
+    This and the two functions below are the one place where a job's parameters become
+    training loop configurations."""
+    if params.max_length is None:
+        raise ValueError("max_length is not set: resolve it with JobParams.at_length first")
     return {
         "epochs": epochs,
         "max_steps": max_steps,
@@ -38,7 +51,7 @@ def _loop(params: JobParams, epochs: float, max_steps: int, learning_rate: float
         "max_length": params.max_length,
         "truncation": params.truncation,
         "seed": params.seed,
-        "bf16": params.use_bf16(),
+        "bf16": in_bf16(params),
     }
 
 

@@ -121,7 +121,7 @@ class Classifier:
 
 def quantize_int8(classifier: Classifier) -> Classifier:
     """The classifier with its Linear layers dynamically quantized to int8 (weights stored
-    int8, activations quantized per batch): the serving form INFER_PRECISION=int8."""
+    int8, activations quantized per batch): the serving form INFER_BACKEND=torch-int8."""
     model = torch.ao.quantization.quantize_dynamic(
         classifier.model, {torch.nn.Linear}, dtype=torch.qint8
     )

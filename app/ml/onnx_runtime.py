@@ -1,18 +1,17 @@
 """The served classifier run by ONNX Runtime instead of PyTorch (INFER_BACKEND=onnxruntime).
 
-The model is exported once per version to `model.onnx` in its folder (written beside and
-renamed into place, so a half-written file is never loaded), then run by onnxruntime's CPU
-provider. The result is a `Classifier` whose `model` is an ONNX Runtime session behind the
-call signature the server uses (`model(**batch).logits`), so tokenizing, padding and
+The model is exported once per version to `model.onnx` when the version is published, in
+its folder before the folder is renamed into place, then run by onnxruntime's CPU
+provider. The result is a `Classifier` whose `model` is an ONNX Runtime session behind
+the call signature the server uses (`model(**batch).logits`), so tokenizing, padding and
 micro-batching stay exactly as they are. The logits match PyTorch's to about 1e-6
-(tests/test_bench_variants.py); `make bench` measures the speed (README, Benchmarks).
+(tests/bench/test_variants.py); `make bench` measures the speed (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -184,27 +183,21 @@ class OrtModel:
 
 
 def onnx_classifier(classifier: Classifier, folder: Path, threads: int | None = None) -> Classifier:
-    """`classifier` served by ONNX Runtime, exporting `folder/model.onnx` first if it is not
-    there yet (one export per version, shared by every API process)."""
+    """`classifier` served by ONNX Runtime from the `model.onnx` its version was published
+    with. A published folder is read-only: a version without the file (its export failed,
+    or it was published under INFER_BACKEND=torch) raises OnnxUnavailable."""
     path = folder / ONNX_FILE
     if not path.is_file():
-        start = time.perf_counter()
-        partial = folder / f".{ONNX_FILE}.{os.getpid()}.tmp"
-        try:
-            used = export_onnx(classifier, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        log.info("exported %s (%s exporter, %.1f s)", path, used, time.perf_counter() - start)
+        raise OnnxUnavailable(f"{folder.name} was published without {ONNX_FILE}")
     model: Any = OrtModel(ort_session(path, threads))
     return replace(classifier, model=model)
 
 
 def export_for_serving(folder: Path, max_length: int) -> None:
-    """Write `folder/model.onnx` for a version being published (in the worker), so that API
-    processes only load it when they swap. Any failure (a folder that is not a loadable
-    classifier included) is logged, not raised: an API process then exports it itself,
-    serves it with PyTorch, or refuses a folder it cannot load at all."""
+    """Write `folder/model.onnx` for a version being published, before its folder appears,
+    so that API processes only load it when they swap. Any failure (a folder that is not a
+    loadable classifier included) is logged, not raised: API processes then serve that
+    version with PyTorch, or refuse a folder they cannot load at all."""
     from app.ml.modeling import load_classifier
 
     start = time.perf_counter()

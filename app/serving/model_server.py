@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from app.core.busy import ServingBeacon
 from app.core.config import Settings
 from app.core.logs import request_id
 from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import version_dir
 from app.serving.batching import failed_alone, plan_forward_passes, settle
-from app.serving.busy import ServingBeacon
 from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS
-from app.store import registry as versions
+from app.store import versions
 from app.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class ModelServer:
                 raise RuntimeError(f"v{version} is not a ready version in the registry")
         folder = version_dir(self.settings, version)
         classifier = load_classifier(folder, self.settings.max_length)
-        if self.settings.infer_precision == "int8":
+        if self.settings.infer_backend == "torch-int8":
             classifier = quantize_int8(classifier)
         elif self.settings.infer_backend == "onnxruntime":
             from app.ml.onnx_runtime import OnnxUnavailable, onnx_classifier
@@ -153,7 +153,7 @@ class ModelServer:
                 classifier = onnx_classifier(classifier, folder, self.settings.torch_threads)
             except OnnxUnavailable as exc:
                 # The version itself is fine: serve it with PyTorch rather than refuse it.
-                log.error(
+                log.warning(
                     "v%s: ONNX Runtime unavailable (%s); serving it with PyTorch", version, exc
                 )
         # Warm up so the first real request does not pay for lazy initialisation.

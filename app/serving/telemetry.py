@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.store import registry as versions
+from app.store import versions
 from app.store.database import Store
 from app.store.jobs import FINISHED
 from app.store.tables import Job, PseudoLabel

@@ -7,8 +7,7 @@ from fastapi import APIRouter
 from app.api.deps import ADMIN, SettingsDep, StoreDep
 from app.api.errors import Invalid, TooLarge
 from app.api.schemas import GoldImport, GoldImportResult
-from app.store import gold
-from app.store import registry as versions
+from app.store import gold, versions
 
 router = APIRouter(tags=["gold"], dependencies=ADMIN)
 

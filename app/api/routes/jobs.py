@@ -11,8 +11,7 @@ from app.api.deps import ADMIN, QueueDep, StoreDep
 from app.api.errors import Conflict, NotFound, Unavailable
 from app.api.schemas import JobAccepted, JobView
 from app.ml.job_params import JobParams
-from app.store import jobs, pseudo_labels
-from app.store import registry as versions
+from app.store import jobs, pseudo_labels, versions
 
 router = APIRouter(tags=["jobs"], dependencies=ADMIN)
 log = logging.getLogger(__name__)

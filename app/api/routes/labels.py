@@ -13,8 +13,8 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import ADMIN, StoreDep
 from app.api.errors import Invalid
 from app.api.schemas import MAX_ROW_ID, MAX_VERSION, PseudoLabelPage, StoredPseudoLabel
+from app.core.label_export import csv_chunk
 from app.core.texts import storable
-from app.label_export import csv_chunk
 from app.store.database import Store
 from app.store.pseudo_labels import list_pseudo_labels
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Path
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ADMIN, READER, ServerDep, SettingsDep, StoreDep
 from app.api.errors import Conflict, NotFound
 from app.api.schemas import MAX_VERSION, ActiveModelView, ModelView
-from app.registry import activate, notify_swap, version_dir
-from app.store import registry as versions
+from app.registry import NotServable, UnknownVersion, activate
+from app.store import versions
+from app.store.database import Store
 
 router = APIRouter(tags=["models"])
 
@@ -49,15 +51,18 @@ async def activate_version(
     version: int = Path(ge=1, le=MAX_VERSION, description="The version to serve."),
 ):
     """Serve `version` (a rollback, or a rejected candidate chosen by hand)."""
-    with store.session() as session:
-        row = versions.get_version(session, version)
-        if row is None:
-            raise NotFound(f"no model version {version}")
-        if row.state != "ready" or not version_dir(settings, version).is_dir():
-            raise Conflict(f"model version {version} is {row.state} and cannot be served")
-    activate(store, version, "activated through the API")
-    notify_swap(settings, version)
-    await server.sync()
+    try:
+        # The store and its activation lock are blocking: off the event loop.
+        await run_in_threadpool(activate, settings, store, version, "activated through the API")
+    except UnknownVersion as exc:
+        raise NotFound(str(exc)) from exc
+    except NotServable as exc:
+        raise Conflict(str(exc)) from exc
+    await server.sync()  # this process serves it before it answers
+    return await run_in_threadpool(_model_view, store, version)
+
+
+def _model_view(store: Store, version: int) -> ModelView:
     with store.session() as session:
         row = versions.get_version(session, version)
         assert row is not None

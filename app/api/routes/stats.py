@@ -11,8 +11,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import ADMIN, StoreDep
 from app.api.errors import Invalid
 from app.api.schemas import MAX_VERSION, UtcDatetime
-from app.store import registry as versions
-from app.store import stats
+from app.store import stats, versions
 from app.store.database import Store
 
 # Admin only, like /labels: the counts describe what users sent, though no text is shown.

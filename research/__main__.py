@@ -1,4 +1,5 @@
-"""`pfp repro`: the method against its compute-matched control (protocol: app/ml/repro.py)."""
+"""`python -m research` (`make repro`): the method against its compute-matched control.
+The protocol is in research/repro.py; this is its command line."""
 
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ from typing import Any
 
 EXAMPLE = """\
 examples:
-  pfp repro                          # the whole table on the demo tweets (under 90 minutes)
-  pfp repro --quick --out /tmp/r     # a few hundred texts: a smoke run of a few minutes
-  pfp repro --gold-file mine.csv --labeled-sizes 500 --rows control,kd,control_half,kd_half
-  pfp repro --rows kd_mlm --labeled-sizes 500 --no-pool-curve   # one row, exactly as in the table
+  python -m research                       # the whole table on the demo tweets (under 90 min)
+  python -m research --quick --out /tmp/r  # a few hundred texts: a smoke run of a few minutes
+  python -m research --gold-file mine.csv --labeled-sizes 500 --rows control,kd,control_half,kd_half
+  python -m research --rows kd_mlm --labeled-sizes 500 --no-pool-curve  # one row, as in the table
 """
 
 
-def add_command(sub: Any) -> None:
-    repro = sub.add_parser(
-        "repro",
-        help="run the paper's experiment: the table against a compute-matched control",
+def build_parser() -> argparse.ArgumentParser:
+    repro = argparse.ArgumentParser(
+        prog="python -m research",
         description="For each labeled-set size and seed: train the compute-matched gold-only "
         "control (also the teacher), let it pseudo-label the pool, train each row with the "
         "very functions the retraining job runs, and compare each row with its control seed "
@@ -65,7 +65,7 @@ def add_command(sub: Any) -> None:
         help="a job parameter for every row (a row's own settings still win), e.g. "
         "--param token_deletion=0.2",
     )
-    repro.set_defaults(func=cmd_repro)
+    return repro
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -87,7 +87,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
     from app.core.progress import progress_bar
     from app.ml.job_params import JobParams
-    from app.ml.repro import ROWS_BY_NAME, ReproConfig, run
+    from research.repro import ROWS_BY_NAME, ReproConfig, run
 
     overrides: dict[str, Any] = {}
     for name in (
@@ -110,7 +110,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         unknown = [r for r in rows if r not in ROWS_BY_NAME]
         if unknown:
             print(
-                f"pfp repro: unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}",
+                f"python -m research: unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}",
                 file=sys.stderr,
             )
             return 2
@@ -124,7 +124,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
             overrides["job_params"] = dict(_param(p) for p in args.param)
             JobParams.model_validate(overrides["job_params"])
         except ValueError as exc:
-            print(f"pfp repro: error: bad --param: {exc}", file=sys.stderr)
+            print(f"python -m research: error: bad --param: {exc}", file=sys.stderr)
             return 2
     config = ReproConfig.quick(**overrides) if args.quick else ReproConfig(**overrides)
     if os.environ.get("TORCH_THREADS"):  # as for the service; torch's default is every core
@@ -154,7 +154,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     try:
         result = run(config, args.out, stage)
     except ValueError as exc:
-        print(f"pfp repro: error: {exc}", file=sys.stderr)
+        print(f"python -m research: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if bar is not None:
@@ -164,3 +164,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
         f"Wrote {args.out}/results.json, results.md, rows.png in {result['seconds'] / 60:.1f} min."
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(cmd_repro(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

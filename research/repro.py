@@ -1,4 +1,4 @@
-"""The paper's experiment on our own code (`pfp repro`, `make repro`).
+"""The paper's experiment on our own code (`make repro`, `python -m research`).
 
 The question: does training on the teacher's predictions give a better model than
 training on the gold labels alone for as long? For each labeled-set size and seed:
@@ -42,11 +42,11 @@ from typing import Any
 
 import torch
 
-from app.ml.data import AIRLINE_HANDLES, deduplicate, read_demo_corpus, read_gold_file
 from app.ml.job_params import JobParams
 from app.ml.method import (
     fine_tune_on_gold,
     finetune_config,
+    in_bf16,
     pretrain_config,
     pretrain_on_predictions,
     student,
@@ -54,6 +54,7 @@ from app.ml.method import (
 from app.ml.modeling import Classifier, Truncation, save_classifier
 from app.ml.promotion import changed_share, decide, encoder_cost
 from app.ml.training import ProgressFn, logits_in_order, predict, scores
+from app.store.gold_files import AIRLINE_HANDLES, deduplicate, read_demo_corpus, read_gold_file
 
 Rows = list[tuple[str, str]]  # (text, label)
 CONTROL = "control"
@@ -445,7 +446,7 @@ class SeedRun:
         missing = [t for t, _ in pool if t not in self.logits]
         if missing:
             self.stage("teacher labels the pool")(0.0, 0.0)
-            bf16 = self.config.params(self.seed).use_bf16()
+            bf16 = in_bf16(self.config.params(self.seed))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 rows = logits_in_order(self.teacher, missing, batch_size=128)
             self.logits.update(zip(missing, rows, strict=True))

@@ -1,6 +1,7 @@
 """Serving tells training on the same machine that it is busy, and training pauses.
 
-Why not niceness or SCHED_IDLE alone: measured here (README, Benchmarks), a training job
+Both sides use this module: API processes (`ServingBeacon`) and workers (`TrainingYield`).
+Why not niceness or SCHED_IDLE: measured (docs/benchmarks.md, `make bench`), a training job
 slowed the API's forward passes about 3x whether the worker ran at nice 0, nice 19 or
 under SCHED_IDLE, with 1 thread or all: the scheduler did starve other CPU-bound programs
 (a matrix-product loop at SCHED_IDLE cost serving nothing), but a training step and a

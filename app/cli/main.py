@@ -9,7 +9,7 @@ worker       a Celery worker (add --beat on a single machine)
 beat         Celery beat, the retraining schedule
 bootstrap    fine-tune and publish the first model if none is active, then exit
 
-Operating it (over HTTP, against --url / PFP_URL; see app/cli_ops.py):
+Operating it (over HTTP, against --url / PFP_URL; see data.py, jobs.py, models.py):
 
 import-gold  import human labels from a CSV or JSONL file
 label        label every text of a file; predictions to stdout or a file
@@ -32,8 +32,8 @@ import sys
 import time
 from typing import Any
 
-from app import cli_ops, repro_cli
-from app.client import ClientError
+from app.cli import common, data, jobs, models
+from app.cli.client import ClientError
 from app.core.config import Settings, get_settings
 
 
@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bootstrap", help="publish the first model if none is active").set_defaults(
         func=cmd_bootstrap
     )
-    cli_ops.add_commands(sub)
-    repro_cli.add_command(sub)
+    connection = common.connection_options()
+    for commands in (data, jobs, models):
+        commands.add_commands(sub, connection)
     return parser
 
 
@@ -251,7 +252,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     if status:
         sys.exit(status)
-
-
-if __name__ == "__main__":
-    main()

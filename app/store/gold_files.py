@@ -1,4 +1,5 @@
-"""Gold data sources: the packaged demo tweets and user files (CSV or JSONL)."""
+"""Gold data sources read into the rows the store keeps: the packaged demo tweets and
+user files (CSV or JSONL)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The README's generated tables: the settings (environment variables) and the job
 parameters, rendered from their pydantic models so the manual cannot drift from the code.
 
-`python -m app.readme_tables` prints them; `--write-readme` rewrites each one between its
+`python -m app.cli.docs_tables` prints them; `--write-readme` rewrites each one between its
 markers in README.md (`<!-- settings-table:start -->` ... `<!-- settings-table:end -->`).
 """
 
@@ -60,7 +60,7 @@ def with_generated_tables(markdown: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.readme_tables", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m app.cli.docs_tables", description=__doc__)
     parser.add_argument(
         "--write-readme",
         nargs="?",

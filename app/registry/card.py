@@ -1,0 +1,121 @@
+"""The model card: the README.md of a version folder, a Hugging Face model card that
+tells an operator where the model came from, how good it is and how to load it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from app.core.config import Settings
+
+
+def _without_curves(value: Any) -> Any:
+    """Lineage minus the per-step loss curves: parameters, not a log."""
+    if isinstance(value, dict):
+        return {k: _without_curves(v) for k, v in value.items() if k not in ("loss", "history")}
+    return value
+
+
+def _promotion_rows(comparison: Any) -> list[tuple[str, str]]:
+    """What the promotion gate saw, for the model card."""
+    if not isinstance(comparison, dict):
+        return []
+    rows = [
+        (
+            "promotion gate",
+            f"rule `{comparison.get('rule')}`: {comparison.get('reason', '')}",
+        ),
+        (
+            "compute per token",
+            f"{comparison.get('relative_cost', 1.0):.2f} of the champion's",
+        ),
+    ]
+    changed = comparison.get("test_changed_share")
+    if changed is not None:
+        rows.append(("test answers changed", f"{100 * changed:.1f}% of the champion's"))
+    return rows
+
+
+def model_card(
+    settings: Settings,
+    *,
+    version: int,
+    labels: list[str],
+    parent_version: int | None,
+    job_id: str | None,
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    decision: str,
+    now: datetime | None = None,
+) -> str:
+    """The README.md of a version folder: a Hugging Face model card (its front matter lets
+    the Hub and `huggingface_hub.ModelCard` read it) with what an operator needs to know
+    about the model without the service: where it came from, how good it is, how to load it."""
+    made_by = f"retraining job `{job_id}`" if job_id else "bootstrap (the first fine-tuning)"
+    how = (
+        "A text classifier made by pfp-service: trained on the service's own predictions "
+        "(the serving model's logits on user text), then fine-tuned on gold labels."
+        if lineage.get("kind") == "retrain"
+        else "A text classifier made by pfp-service: the base encoder fine-tuned on gold labels."
+    )
+    parent = f"v{parent_version}" if parent_version is not None else "none (the first model)"
+    rows = [
+        ("version", f"v{version}"),
+        ("parent version", parent),
+        ("made by", made_by),
+        ("job decision", f"{decision} (whether it serves now: `GET /models`)"),
+        ("base model", f"`{settings.base_model_path}`"),
+        ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
+        ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
+        ("encoder layers", str(lineage.get("layers", "as the base model"))),
+        *_promotion_rows(lineage.get("comparison")),
+        ("written", (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")),
+    ]
+    split_rows = [
+        f"| {split} | {m.get('accuracy', '')} | {m.get('macro_f1', '')} | {m.get('n', '')} |"
+        for split, m in metrics.items()
+        if isinstance(m, dict)
+    ]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- pfp-service",
+        "---",
+        "",
+        f"# pfp-service model v{version}",
+        "",
+        how,
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "## Metrics on the gold data",
+        "",
+        "| split | accuracy | macro-F1 | examples |",
+        "| --- | --- | --- | --- |",
+        *(split_rows or ["| (none) | | | |"]),
+        "",
+        "## Training parameters",
+        "",
+        "```json",
+        json.dumps(_without_curves(lineage), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classify = pipeline("text-classification", model="path/to/v{version}")',
+        'classify("@united thanks for the upgrade!")',
+        "```",
+        "",
+        "`config.json` carries the labels (`id2label`, `label2id`); `pfp_version.json` holds "
+        "these facts as JSON, loss curves included.",
+        "",
+    ]
+    return "\n".join(lines)
