@@ -1,5 +1,5 @@
 """`python -m bench.gpu`: the serving ceiling and the training benchmark on a CUDA GPU,
-in fp32 and under bf16 autocast (issue 4's GPU part).
+in fp32 and under bf16 autocast.
 
 It needs only torch, transformers and app.ml, so it runs on a GPU machine without the
 service's other dependencies. Without CUDA it says so and exits 2: everything else falls

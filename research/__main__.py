@@ -82,12 +82,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def cmd_repro(args: argparse.Namespace) -> int:
-    import torch
+class BadArguments(ValueError):
+    """Arguments that name no row or no valid job parameter."""
 
-    from app.core.progress import progress_bar
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ReproConfig fields the arguments change."""
     from app.ml.job_params import JobParams
-    from research.repro import ROWS_BY_NAME, ReproConfig, run
+    from research.repro import ROWS_BY_NAME, ReproConfig
 
     overrides: dict[str, Any] = {}
     for name in (
@@ -109,11 +111,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         rows = [r.strip() for r in args.rows.split(",") if r.strip()]
         unknown = [r for r in rows if r not in ROWS_BY_NAME]
         if unknown:
-            print(
-                f"python -m research: unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}",
-                file=sys.stderr,
-            )
-            return 2
+            raise BadArguments(f"unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}")
         overrides["rows"] = overrides["other_rows"] = rows
         if ReproConfig.curve_row not in rows:
             overrides["pool_curve"] = []  # the curve repeats kd_half: only when it is asked for
@@ -124,8 +122,21 @@ def cmd_repro(args: argparse.Namespace) -> int:
             overrides["job_params"] = dict(_param(p) for p in args.param)
             JobParams.model_validate(overrides["job_params"])
         except ValueError as exc:
-            print(f"python -m research: error: bad --param: {exc}", file=sys.stderr)
-            return 2
+            raise BadArguments(f"bad --param: {exc}") from exc
+    return overrides
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    import torch
+
+    from app.core.progress import progress_bar
+    from research.repro import ReproConfig, run
+
+    try:
+        overrides = _overrides(args)
+    except BadArguments as exc:
+        print(f"python -m research: error: {exc}", file=sys.stderr)
+        return 2
     config = ReproConfig.quick(**overrides) if args.quick else ReproConfig(**overrides)
     if os.environ.get("TORCH_THREADS"):  # as for the service; torch's default is every core
         torch.set_num_threads(int(os.environ["TORCH_THREADS"]))

@@ -153,7 +153,7 @@ OTHER_SIZE_ROWS = ["control", "kd_topk", "control_half", "kd_half_topk"]
 @dataclass
 class ReproConfig:
     """Sizes and steps of a run; the defaults fit the whole table into 90 minutes on a
-    2-core CPU with bf16 (README, "Does it work?"). `quick()` is the smoke run."""
+    2-core CPU with bf16 (docs/ablation.md). `quick()` is the smoke run."""
 
     gold_file: Path | None = None  # None: the demo airline tweets
     base_model: Path | None = None  # None: the packaged all-MiniLM-L6-v2

@@ -69,20 +69,20 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-@setup_logging.connect
+@setup_logging.connect  # type: ignore[untyped-decorator]  # Celery is untyped
 def _configure_logging(**_kwargs: Any) -> None:
     """Worker and beat log like the API (LOG_FORMAT); connecting here stops Celery from
     installing its own handlers. Pool processes inherit it when they fork."""
     logs.configure_logging(get_settings())
 
 
-@task_prerun.connect
+@task_prerun.connect  # type: ignore[untyped-decorator]  # Celery is untyped
 def _task_request_id(task_id: str | None = None, **_kwargs: Any) -> None:
     # A task's lines carry its task id where an API request's carry the request id.
     logs.request_id.set(task_id or logs.NO_REQUEST)
 
 
-@task_postrun.connect
+@task_postrun.connect  # type: ignore[untyped-decorator]  # Celery is untyped
 def _clear_request_id(**_kwargs: Any) -> None:
     logs.request_id.set(logs.NO_REQUEST)
 

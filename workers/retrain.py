@@ -150,33 +150,14 @@ def _retrain(
     _save_history(store, job_id, "finetuning", history.as_dict())
 
     report.enter("evaluating")
-    # Both are scored as they are (or would be) served: at the serving max_length, each
-    # cutting long texts the way it was trained to.
+    # Scored as it would be served: at the serving max_length, cutting long texts the way
+    # it was trained to.
     candidate = Classifier(
         model, tokenizer, champion.labels, settings.max_length, truncation=params.truncation
     )
-    champion_model = load_classifier(version_dir(settings, champion.version), settings.max_length)
-    candidate_eval = evaluate(candidate, data, lambda f: report(f / 2))
-    champion_eval = evaluate(champion_model, data, lambda f: report(0.5 + f / 2))
-    relative_cost = encoder_cost(model) / max(1, encoder_cost(champion_model.model))
-    del champion_model
+    metrics, decision = _judge(candidate, champion, data, params, settings, report)
 
     report.enter("publishing")
-    margin = (
-        settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
-    )
-    decision = decide(
-        data.dev[1],
-        candidate_eval.predictions["dev"],
-        champion_eval.predictions["dev"],
-        champion.labels,
-        rule=params.promotion_rule,
-        margin=margin,
-        tolerance=params.promotion_tolerance,
-        confidence=params.promotion_confidence,
-        relative_cost=relative_cost,
-    )
-    metrics = _metrics(candidate_eval, champion_eval, decision, int(model.config.num_hidden_layers))
     reason = (
         f"v{champion.version} champion, dev macro-F1 "
         f"{metrics['candidate']['dev']['macro_f1']:.4f} vs "
@@ -210,6 +191,38 @@ def _retrain(
         "champion_version": champion.version,
         "candidate_version": published.version,
     }
+
+
+def _judge(
+    candidate: Classifier,
+    champion: Champion,
+    data: Gold,
+    params: JobParams,
+    settings: Settings,
+    report: JobReporter,
+) -> tuple[dict[str, Any], Decision]:
+    """Score candidate and champion on gold dev and test, and pass the candidate through
+    the promotion gate (a paired bootstrap on dev)."""
+    champion_model = load_classifier(version_dir(settings, champion.version), settings.max_length)
+    candidate_eval = evaluate(candidate, data, lambda f: report(f / 2))
+    champion_eval = evaluate(champion_model, data, lambda f: report(0.5 + f / 2))
+    relative_cost = encoder_cost(candidate.model) / max(1, encoder_cost(champion_model.model))
+    margin = (
+        settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
+    )
+    decision = decide(
+        data.dev[1],
+        candidate_eval.predictions["dev"],
+        champion_eval.predictions["dev"],
+        champion.labels,
+        rule=params.promotion_rule,
+        margin=margin,
+        tolerance=params.promotion_tolerance,
+        confidence=params.promotion_confidence,
+        relative_cost=relative_cost,
+    )
+    layers = int(candidate.model.config.num_hidden_layers)
+    return _metrics(candidate_eval, champion_eval, decision, layers), decision
 
 
 def _metrics(

@@ -21,14 +21,14 @@ def worker_store() -> Store:
     return Store(get_settings().store_url)
 
 
-@celery_app.task(name="pfp.retrain")
+@celery_app.task(name="pfp.retrain")  # type: ignore[untyped-decorator]
 def retrain(job_id: str) -> None:
     from workers.retrain import run_retrain_job
 
     run_retrain_job(job_id, get_settings(), worker_store())
 
 
-@celery_app.task(name="pfp.maybe_retrain")
+@celery_app.task(name="pfp.maybe_retrain")  # type: ignore[untyped-decorator]
 def maybe_retrain() -> str | None:
     """Beat: start a job when enough new pseudo-labels have arrived since the last one."""
     from workers.schedule import submit_if_due
@@ -39,7 +39,7 @@ def maybe_retrain() -> str | None:
     return job_id
 
 
-@celery_app.task(name="pfp.sweep_stale_jobs")
+@celery_app.task(name="pfp.sweep_stale_jobs")  # type: ignore[untyped-decorator]
 def sweep_stale_jobs() -> int:
     from workers.schedule import fail_stale_jobs
 

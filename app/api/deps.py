@@ -59,20 +59,25 @@ async def require_reader(request: Request) -> None:
         raise Unauthorized("invalid API key")
 
 
+# `app.state` is untyped: each getter names what the lifespan put there.
 async def get_store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 async def get_model_server(request: Request) -> ModelServer:
-    return request.app.state.model_server
+    server: ModelServer = request.app.state.model_server
+    return server
 
 
 async def get_store_writer(request: Request) -> StoreWriter:
-    return request.app.state.store_writer
+    writer: StoreWriter = request.app.state.store_writer
+    return writer
 
 
 async def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_job_queue(request: Request) -> Any:

@@ -126,7 +126,7 @@ def leaf(
     epilog: str,
     parents: list[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
+    parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
         description=help[0].upper() + help[1:] + ".",

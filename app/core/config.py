@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     infer_max_batch: int = Field(
         8,
         description="Micro-batching: most texts in one forward pass of the model (8 served "
-        "tweets fastest here: see README, Benchmarks).",
+        "tweets fastest here: see docs/benchmarks.md).",
     )
     infer_max_batch_tokens: int = Field(
         2048,

@@ -56,13 +56,13 @@ def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-def dashboard_page(request: Request):
+def dashboard_page(request: Request) -> HTMLResponse:
     """The page shell: layout and script only, no stored data (it needs no key)."""
     return _render(request, "dashboard.html", jobs_shown=JOBS_SHOWN)
 
 
 @router.get("/dashboard/fragments/active", response_class=HTMLResponse, dependencies=READER)
-def active_fragment(request: Request, store: StoreDep, server: ServerDep):
+def active_fragment(request: Request, store: StoreDep, server: ServerDep) -> HTMLResponse:
     """The active model and its metrics."""
     with store.session() as session:
         active = versions.active_version(session)
@@ -73,7 +73,7 @@ def active_fragment(request: Request, store: StoreDep, server: ServerDep):
 
 
 @router.get("/dashboard/fragments/versions", response_class=HTMLResponse, dependencies=READER)
-def versions_fragment(request: Request, store: StoreDep):
+def versions_fragment(request: Request, store: StoreDep) -> HTMLResponse:
     """Every version with lineage, metrics and decision, and the activate buttons."""
     with store.session() as session:
         active = versions.active_version(session)
@@ -107,7 +107,7 @@ def _loss_charts(history: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 @router.get("/dashboard/fragments/jobs", response_class=HTMLResponse, dependencies=ADMIN)
-def jobs_fragment(request: Request, store: StoreDep, selected: str | None = None):
+def jobs_fragment(request: Request, store: StoreDep, selected: str | None = None) -> HTMLResponse:
     """The newest jobs with their progress, and the loss curves of the selected one."""
     with store.session() as session:
         rows = [JobView.model_validate(j) for j in jobs.list_jobs(session, JOBS_SHOWN)]
@@ -124,7 +124,9 @@ def jobs_fragment(request: Request, store: StoreDep, selected: str | None = None
 
 
 @router.get("/dashboard/fragments/stats", response_class=HTMLResponse, dependencies=ADMIN)
-def stats_fragment(request: Request, store: StoreDep, bucket: stats.Bucket = "hour"):
+def stats_fragment(
+    request: Request, store: StoreDep, bucket: stats.Bucket = "hour"
+) -> HTMLResponse:
     """Label distribution and mean confidence over time (the figures of /stats/labels)."""
     figures = load_label_stats(store, bucket)
     starts = [b.start for b in figures.buckets]

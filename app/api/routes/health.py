@@ -14,13 +14,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz():
+def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-async def readyz(server: ServerDep, store: StoreDep):
+async def readyz(server: ServerDep, store: StoreDep) -> JSONResponse:
     """Ready when a model is loaded and the store answers; 503 otherwise."""
     store_ok = await run_in_threadpool(store.ping)
     model = server.current.version if server.current else None
@@ -30,8 +30,8 @@ async def readyz(server: ServerDep, store: StoreDep):
 
 
 @router.get("/metrics")
-def metrics(request: Request, server: ServerDep):
-    """Prometheus text format: this process's metrics and the store's (README, Monitoring)."""
+def metrics(request: Request, server: ServerDep) -> Response:
+    """Prometheus text format: this process's metrics and the store's (docs/operations.md)."""
     telemetry.SERVED_VERSION.set(server.current.version if server.current else 0)
     registry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

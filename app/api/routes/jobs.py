@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 def submit_job(
     store: StoreDep, queue: QueueDep, params: Annotated[JobParams | None, Body()] = None
-):
+) -> JobAccepted:
     """Queue a retraining job on every pseudo-label stored so far."""
     params = params or JobParams()
     with store.session() as session:
@@ -47,14 +47,14 @@ def submit_job(
 
 
 @router.get("/jobs", response_model=list[JobView])
-def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50):
+def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
     """The newest jobs first."""
     with store.session() as session:
         return [JobView.model_validate(j) for j in jobs.list_jobs(session, limit)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
-def get_job(job_id: str, store: StoreDep):
+def get_job(job_id: str, store: StoreDep) -> JobView:
     """A job's status, stage, progress, metrics and decision."""
     with store.session() as session:
         job = jobs.get_job(session, job_id)
@@ -64,7 +64,7 @@ def get_job(job_id: str, store: StoreDep):
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)
-def cancel_job(job_id: str, store: StoreDep):
+def cancel_job(job_id: str, store: StoreDep) -> JobView:
     """Cancel a queued job at once, or ask a running one to stop at its next step."""
     with store.session() as session:
         job = jobs.get_job(session, job_id)

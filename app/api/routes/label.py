@@ -61,7 +61,9 @@ async def _store(writer: StoreWriter, texts: list[str], scored: list[Scored]) ->
 
 
 @router.post("/label", response_model=LabelResult)
-async def label(body: LabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep):
+async def label(
+    body: LabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep
+) -> LabelResult:
     """Label one text with the active model and store the prediction."""
     _check_sizes([body.text], settings)
     scored = await server.predict([body.text])
@@ -71,7 +73,7 @@ async def label(body: LabelRequest, server: ServerDep, writer: WriterDep, settin
 @router.post("/label/batch", response_model=BatchLabelResult)
 async def label_batch(
     body: BatchLabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep
-):
+) -> BatchLabelResult:
     """Label several texts; results come back in the order of `texts`."""
     if len(body.texts) > settings.max_batch_texts:
         raise TooLarge(

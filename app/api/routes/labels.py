@@ -92,7 +92,7 @@ def labels_page(
     filters: FiltersDep,
     after_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-):
+) -> PseudoLabelPage:
     """A page of stored pseudo-labels in id order, filtered."""
     with store.session() as session:
         rows = list_pseudo_labels(session, after_id=after_id, limit=limit, **filters.values)
@@ -115,7 +115,7 @@ def labels_export(
     format: Annotated[
         Literal["jsonl", "csv"], Query(description="`jsonl` (default) or `csv`.")
     ] = "jsonl",
-):
+) -> StreamingResponse:
     """Every matching pseudo-label in id order, streamed page by page (constant memory)."""
     pages = _export_pages(store, filters.values)
     if format == "csv":
@@ -153,7 +153,9 @@ def _exported(row: Any) -> dict[str, Any]:
     return item.model_dump(mode="json")
 
 
-def _mark_first(pages: Iterator[list[dict[str, Any]]]) -> Iterator[tuple[bool, list]]:
+def _mark_first(
+    pages: Iterator[list[dict[str, Any]]],
+) -> Iterator[tuple[bool, list[dict[str, Any]]]]:
     """(is_first, page) pairs; an export with no row still yields one empty page, so a CSV
     always has its header row."""
     first = True

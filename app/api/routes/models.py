@@ -11,11 +11,12 @@ from app.api.schemas import MAX_VERSION, ActiveModelView, ModelView
 from app.registry import NotServable, UnknownVersion, activate
 from app.store import versions
 from app.store.database import Store
+from app.store.tables import ModelVersion
 
 router = APIRouter(tags=["models"])
 
 
-def _view(row: versions.ModelVersion, active: int | None) -> ModelView:
+def _view(row: ModelVersion, active: int | None) -> ModelView:
     view = ModelView.model_validate(row)
     view.active = row.version == active
     lineage = row.lineage or {}
@@ -25,7 +26,7 @@ def _view(row: versions.ModelVersion, active: int | None) -> ModelView:
 
 
 @router.get("/models", response_model=list[ModelView], dependencies=READER)
-def list_models(store: StoreDep):
+def list_models(store: StoreDep) -> list[ModelView]:
     """Every version, newest first, with metrics, lineage and whether it is active."""
     with store.session() as session:
         active = versions.active_version(session)
@@ -33,7 +34,7 @@ def list_models(store: StoreDep):
 
 
 @router.get("/models/active", response_model=ActiveModelView, dependencies=READER)
-def active_model(store: StoreDep, server: ServerDep):
+def active_model(store: StoreDep, server: ServerDep) -> ActiveModelView:
     """The version active in the store and the one this API process serves."""
     with store.session() as session:
         active = versions.active_version(session)
@@ -49,7 +50,7 @@ async def activate_version(
     server: ServerDep,
     settings: SettingsDep,
     version: int = Path(ge=1, le=MAX_VERSION, description="The version to serve."),
-):
+) -> ModelView:
     """Serve `version` (a rollback, or a rejected candidate chosen by hand)."""
     try:
         # The store and its activation lock are blocking: off the event loop.

@@ -99,7 +99,7 @@ def label_stats(
     since: datetime | None = None,
     until: datetime | None = None,
     model_version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
-):
+) -> LabelStats:
     """Pseudo-labels per label and their mean confidence, bucketed by hour or day (UTC);
     default: the last 48 hours or 30 days."""
     return load_label_stats(store, bucket, since, until, model_version)

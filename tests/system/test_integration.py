@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN, ADMIN_KEY, REDIS_TEST_URL, synthetic_texts
+from tests.conftest import ADMIN, ADMIN_KEY, synthetic_texts
 from tests.processes import Proc, free_port, service_env, wait_job, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -27,19 +27,6 @@ SMALL_JOB = {
     "max_length": 32,
     "promotion_margin": -1.0,
 }
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_TEST_URL)
-    try:
-        client.flushdb()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_TEST_URL}: {exc}")
-    client.close()
-    return REDIS_TEST_URL
 
 
 class Labeler(threading.Thread):

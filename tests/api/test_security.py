@@ -10,8 +10,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.security import ApiKeys, ensure_admin_key, key_file
 from app.main import create_app
-from tests.conftest import ADMIN_KEY, LABEL_KEY
-from tests.test_api import RecordingQueue
+from tests.conftest import ADMIN_KEY, LABEL_KEY, RecordingQueue
 
 ADMIN_CALLS = [
     ("get", "/labels"),

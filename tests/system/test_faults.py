@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.conftest import ADMIN, ADMIN_KEY, REDIS_TEST_URL, synthetic_texts
+from tests.conftest import ADMIN, ADMIN_KEY, synthetic_texts
 from tests.faults import TcpProxy, child_pids
 from tests.processes import Proc, free_port, service_env, wait_job, wait_ready
-from tests.test_integration import SMALL_JOB, Labeler
+from tests.system.test_integration import SMALL_JOB, Labeler
 
 pytestmark = pytest.mark.integration
 
@@ -108,12 +108,12 @@ def test_database_outage_turns_readyz_false_and_recovers(stack, postgres_url: st
         proxy.close()
 
 
-def test_redis_outage_keeps_labeling_and_refuses_jobs_until_it_returns(stack, postgres_url: str):
-    import redis
+def test_redis_outage_keeps_labeling_and_refuses_jobs_until_it_returns(
+    stack, postgres_url: str, redis_url: str
+):
 
-    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
     proxy = TcpProxy(6379)
-    via_proxy = REDIS_TEST_URL.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
+    via_proxy = redis_url.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
     try:
         env = {"database_url": postgres_url, "redis_url": via_proxy}
         stack.bootstrap(**env)
@@ -142,11 +142,11 @@ def test_redis_outage_keeps_labeling_and_refuses_jobs_until_it_returns(stack, po
         proxy.close()
 
 
-def test_killed_pool_process_job_is_retried_from_the_start(stack, postgres_url: str):
-    import redis
+def test_killed_pool_process_job_is_retried_from_the_start(
+    stack, postgres_url: str, redis_url: str
+):
 
-    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
-    env = {"database_url": postgres_url, "redis_url": REDIS_TEST_URL}
+    env = {"database_url": postgres_url, "redis_url": redis_url}
     stack.bootstrap(**env)
     url, _api = stack.api(**env)
     worker = stack.start("worker", ["worker"], **env)

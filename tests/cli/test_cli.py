@@ -33,9 +33,8 @@ from app.main import create_app
 from app.store import gold, jobs, pseudo_labels, versions
 from app.store.database import Store
 from app.store.tables import GoldExample, PseudoLabel
-from tests.conftest import ADMIN, ADMIN_KEY, LABEL_KEY, make_settings
+from tests.conftest import ADMIN, ADMIN_KEY, LABEL_KEY, RecordingQueue, make_settings
 from tests.processes import ROOT, free_port
-from tests.test_api import RecordingQueue
 from workers.retrain import run_retrain_job
 
 

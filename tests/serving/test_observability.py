@@ -22,8 +22,7 @@ from app.serving import telemetry
 from app.store import jobs
 from app.store.database import Store
 from app.store.tables import PseudoLabel, utcnow
-from tests.conftest import ADMIN
-from tests.test_api import RecordingQueue
+from tests.conftest import ADMIN, RecordingQueue
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -24,8 +24,7 @@ from schemathesis.python import asgi
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import ADMIN
-from tests.test_api import RecordingQueue
+from tests.conftest import ADMIN, RecordingQueue
 
 MAX_EXAMPLES = 25
 

@@ -11,8 +11,7 @@ from app.core.config import Settings
 from app.main import create_app
 from app.store import pseudo_labels
 from app.store.database import Store
-from tests.conftest import ADMIN
-from tests.test_api import RecordingQueue
+from tests.conftest import ADMIN, RecordingQueue
 
 ODD_TEXTS = [
     "emoji 😀👍🏽✈️ and ZWJ 👩‍👩‍👧",

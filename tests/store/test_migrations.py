@@ -28,7 +28,7 @@ from app.store.migrations import (
 )
 from app.store.tables import Activation, Base, GoldExample, Job, PseudoLabel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -166,7 +166,7 @@ def test_a_store_made_before_migrations_is_stamped_and_keeps_its_rows(
 
 @pytest.mark.parametrize("made_by", ["migrations", "pre-migration code"])
 def test_the_migrations_match_the_models(db_url: str, raw_engine: Engine, made_by: str):
-    """Fails when a model changes without a migration: see README, "Upgrading"."""
+    """Fails when a model changes without a migration: see docs/operations.md, "Upgrading"."""
     if made_by == "pre-migration code":
         fill_like_the_old_code(raw_engine)
     open_store(db_url)
@@ -175,7 +175,7 @@ def test_the_migrations_match_the_models(db_url: str, raw_engine: Engine, made_b
         f"app/store/tables.py and app/store/migrations/versions differ on "
         f"{raw_engine.dialect.name}: {drift}. Add a migration with `alembic -x "
         "url=sqlite:////tmp/schema.db upgrade head && alembic -x url=sqlite:////tmp/schema.db "
-        'revision --autogenerate --rev-id NNNN -m "what changed"` (README, "Upgrading").'
+        'revision --autogenerate --rev-id NNNN -m "what changed"` (docs/operations.md).'
     )
 
 

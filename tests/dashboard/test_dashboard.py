@@ -22,9 +22,8 @@ from app.store import jobs, pseudo_labels, stats
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction
 from app.store.tables import utcnow
-from tests.conftest import ADMIN_KEY, LABEL_KEY, LABELS, LiveServer
+from tests.conftest import ADMIN_KEY, LABEL_KEY, LABELS, LiveServer, RecordingQueue
 from tests.processes import ROOT
-from tests.test_api import RecordingQueue
 from workers.progress import JobReporter
 from workers.retrain import STAGES
 

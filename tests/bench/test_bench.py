@@ -55,7 +55,7 @@ def test_quick_bench_runs_every_part(tmp_path: Path):
 
 
 def test_gpu_script_dry_run_on_the_cpu_and_refusal_without_cuda(tmp_path: Path, tiny_base: Path):
-    """`python -m bench.gpu` (the GPU part of issue 4) in its CPU dry run: every row is
+    """`python -m bench.gpu` (the GPU benchmark) in its CPU dry run: every row is
     measured and written; asked for CUDA where there is none it says so and exits 2."""
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps([f"flight {i} was late again" for i in range(50)]))
