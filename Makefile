@@ -28,9 +28,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The unit tests: no real base model, no processes; tests that need PostgreSQL or Redis
-# are skipped where those do not answer (a laptop). `make test` runs everything.
+# are skipped where those do not answer (a laptop). One process per core, one torch thread
+# each: the tiny models gain nothing from more. `make test` runs everything, in order.
 test-fast: $(STAMP)
-	PFP_TEST_SERVICES=optional $(BIN)/python -m pytest -q -m "not slow and not integration"
+	PFP_TEST_SERVICES=optional OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto \
+		-m "not slow and not integration"
 
 # Serving and training benchmarks against their baselines (about 11 minutes here); writes
 # bench-results/bench.json and the table in docs/benchmarks.md. On a GPU machine: python -m bench.gpu.

@@ -43,7 +43,10 @@ def assert_same_as_eager(variant: FastClassifier, eager: Classifier) -> None:
     assert variant.predict(texts, batch_size=4) == eager.predict(texts, batch_size=4)
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize(
+    "exporter",
+    [pytest.param("dynamo", marks=pytest.mark.slow), "torchscript"],  # dynamo: 12 s here
+)
 def test_onnx_runtime_matches_eager(eager: Classifier, tmp_path: Path, exporter):
     variant = onnx_runtime(eager, tmp_path, exporter=exporter)
     assert variant.exporter == exporter

@@ -266,6 +266,7 @@ BROWSER_ARGS = [
 ]
 
 
+@pytest.mark.integration  # a real browser against a live server
 def test_dashboard_in_chromium(live_server: LiveServer, tmp_path: Path):
     executable = _chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright

@@ -23,6 +23,9 @@ from research.repro import (
 )
 from tests.conftest import write_gold_file
 
+# The whole ablation end to end on the tiny encoder: about 30 s, so not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # The tiny encoder learns nothing at the job's default rate: let it, so rows differ.
 FAST = ["--param", "finetune_learning_rate=0.003", "--param", "pretrain_learning_rate=0.003"]
 
