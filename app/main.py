@@ -20,7 +20,7 @@ from app.dashboard.routes import install_dashboard
 from app.serving.model_server import ModelServer
 from app.serving.store_writer import StoreWriter
 from app.serving.swap_notices import listen_for_swaps
-from app.serving.telemetry import MetricsMiddleware, app_registry
+from app.serving.telemetry import MetricsMiddleware, metrics_registry
 from app.store.database import Store
 
 
@@ -48,7 +48,7 @@ def create_app(
         app.state.settings = settings
         app.state.api_keys = ApiKeys.from_settings(settings)
         app.state.store = store
-        app.state.metrics_registry = app_registry(store)
+        app.state.metrics_registry = metrics_registry(store)
         app.state.model_server = server
         app.state.job_queue = queue
         await server.start()

@@ -248,7 +248,7 @@ class _ProcessMetrics(Collector):
         yield from REGISTRY.collect()
 
 
-def app_registry(store: Store) -> CollectorRegistry:
+def metrics_registry(store: Store) -> CollectorRegistry:
     """What one API app's /metrics shows: the process's metrics and its store's.
 
     Per app rather than global because the store is the app's (tests build many apps in
