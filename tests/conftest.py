@@ -236,3 +236,25 @@ def live_server(published_copy: Settings) -> Iterator[LiveServer]:
         store.dispose()
         server.should_exit = True
         thread.join(30)
+
+
+# --- the compose test: its own command, never part of `make test` ---------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--compose",
+        action="store_true",
+        help="run only the tests marked compose (a real Docker engine: make test-compose)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--compose` runs the compose tests alone; without it they are left out (deselected,
+    not skipped): they build images and start a whole deployment, about ten minutes."""
+    wanted = bool(config.getoption("--compose"))
+    keep = [item for item in items if (item.get_closest_marker("compose") is not None) == wanted]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -1,0 +1,273 @@
+"""`docker compose up` for real: the shipped Dockerfile and docker-compose.yml in a Docker
+engine, walked through a deployment's life. The tests run in order on one stack:
+
+up (bootstrap publishes v1, then the API answers) -> health, users, rows in PostgreSQL ->
+a job on the worker, hot-swapped by the API -> `restart api` -> `down` + `up` -> two API
+replicas -> `down -v`.
+
+The first model is trained in a few steps (BOOTSTRAP_MAX_STEPS in the stand-in override)
+and the job in a few more: the test is about the deployment, not the model's quality.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+
+from tests.deploy.engine import run
+from tests.deploy.stack import FIGURES, PROJECT, Stack
+
+pytestmark = pytest.mark.compose
+
+LONG_RUNNING = {"api", "worker", "beat", "postgres", "redis"}
+APP_USER = "pfp"
+# What the tests learn early and check later (the generated admin key, row counts).
+seen: dict[str, object] = {}
+
+
+def admin() -> dict[str, str]:
+    return {"X-API-Key": str(seen["key"])}
+
+
+def label(base: str, text: str) -> dict:
+    """POST /label to the replica at `base` (its published address)."""
+    answer = httpx.post(f"{base}/label", json={"text": text}, headers=admin(), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def active(base: str) -> dict:
+    answer = httpx.get(f"{base}/models/active", headers=admin(), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_served(base: str, version: int, timeout: float = 60) -> float:
+    """Seconds until the replica at `base` serves `version`."""
+    started = time.monotonic()
+    while (now := active(base))["served_version"] != version:
+        assert time.monotonic() - started < timeout, f"{base} still serves {now} after {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def docker_time(value: str) -> datetime:
+    """A time as `docker inspect` gives it (RFC 3339, nanoseconds, trailing zeros cut)."""
+    whole, _, fraction = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")
+
+
+def stored_rows(stack: Stack) -> int:
+    return int(stack.sql("SELECT count(*) FROM pseudo_labels"))
+
+
+# Its time includes the stack fixture: on a fresh machine, installing the engine and
+# building every image (about five minutes here).
+@pytest.mark.timeout(1800)
+def test_up_bootstraps_a_first_model_then_the_api_answers(stack: Stack):
+    started = time.monotonic()
+    stack.compose("up", "-d", "--no-build", timeout=900)
+    base = stack.url()
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() - started < 600, f"no ready API in 600 s\n{stack.diagnostics()}"
+        time.sleep(0.5)
+    seen["key"] = stack.admin_key()
+    first = label(base, "@united lost my bag again")
+    FIGURES["up to first /label answer (s)"] = round(time.monotonic() - started, 1)
+    assert first["model_version"] == 1
+
+    (bootstrap,) = stack.containers("bootstrap")
+    logs = stack.compose("logs", "--no-color", "bootstrap")
+    assert bootstrap["State"]["ExitCode"] == 0, logs
+    assert "Published the first model as v1" in logs
+    # The key an operator reads from `docker compose logs bootstrap` is the one that works.
+    assert str(seen["key"]) in logs
+    # service_completed_successfully: no API process started before v1 existed.
+    (api,) = stack.containers("api")
+    assert docker_time(bootstrap["State"]["FinishedAt"]) <= docker_time(api["State"]["StartedAt"])
+    took = re.search(r"Published the first model as v1 in (\d+) s", logs)
+    assert took
+    FIGURES["bootstrap of v1 (s)"] = int(took.group(1))
+
+
+def test_every_long_running_service_becomes_healthy(stack: Stack):
+    stack.wait_healthy(LONG_RUNNING, timeout=300)
+
+
+def test_every_container_runs_as_a_non_root_user(stack: Stack):
+    containers = stack.containers()
+    assert {c["Config"]["Labels"]["com.docker.compose.service"] for c in containers} == (
+        LONG_RUNNING | {"bootstrap"}
+    )
+    for c in containers:
+        service = c["Config"]["Labels"]["com.docker.compose.service"]
+        if service in {"api", "worker", "beat", "bootstrap"}:
+            assert c["Config"]["User"] == APP_USER, f"{service} runs as {c['Config']['User']!r}"
+        if c["State"]["Running"]:
+            # Every process, as the host's kernel sees it (the stand-ins, like the official
+            # postgres image, start as root and drop privileges themselves).
+            rows = _processes(c["Id"])
+            assert rows, f"no processes in {service}"
+            root = [row for row in rows if row[0] == "0"]
+            assert not root, f"{service} has processes running as root: {root}"
+
+
+def _processes(container_id: str) -> list[tuple[str, str]]:
+    out = run(["docker", "top", container_id, "-o", "uid,pid,comm"]).splitlines()[1:]
+    return [(line.split()[0], line.split()[-1]) for line in out if line.strip()]
+
+
+def test_label_through_the_published_port_stores_rows_in_postgres(stack: Stack):
+    before = stored_rows(stack)
+    base = stack.url()
+    one = label(base, "@jetblue best crew ever")
+    texts = [f"@southwestair flight {i} {'delayed' if i % 2 else 'great'}" for i in range(40)]
+    batch = httpx.post(f"{base}/label/batch", json={"texts": texts}, headers=admin(), timeout=60)
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert len(results) == len(texts)
+    assert stored_rows(stack) == before + 1 + len(texts)
+    assert stack.sql(f"SELECT text FROM pseudo_labels WHERE id = {one['id']}") == (
+        "@jetblue best crew ever"
+    )
+    last = results[-1]
+    assert (
+        stack.sql(
+            f"SELECT label || ' ' || model_version FROM pseudo_labels WHERE id = {last['id']}"
+        )
+        == f"{last['label']} {last['model_version']}"
+    )
+
+
+class Labeler(threading.Thread):
+    """A client labeling through the published port while a job runs and the API swaps.
+
+    One text every 2 s: a worker on the same host pauses training while the API served
+    within the last second (app/core/busy.py), so a steady stream would stretch the job to
+    WORKER_MIN_SHARE of its speed, ten times as long."""
+
+    def __init__(self, stack: Stack) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{stack.url()}/label"
+        self.headers = admin()
+        self.answers: list[tuple[int, dict]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 900
+        with httpx.Client(timeout=30) as client:
+            i = 0
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                i += 1
+                try:
+                    r = client.post(
+                        self.url, json={"text": f"@united flight {i}"}, headers=self.headers
+                    )
+                    self.answers.append((r.status_code, r.json()))
+                except httpx.HTTPError as exc:
+                    self.answers.append((0, {"error": repr(exc)}))
+                self.stop.wait(2.0)
+
+
+@pytest.mark.timeout(900)
+def test_a_job_runs_on_the_worker_and_the_api_hot_swaps_to_its_model(stack: Stack):
+    labeler = Labeler(stack)
+    labeler.start()
+    # A few steps each; a negative margin publishes whatever the job makes, so the swap is
+    # tested whatever a few-step model scores.
+    params = {"pretrain_max_steps": 8, "finetune_max_steps": 8, "promotion_margin": -1}
+    base = stack.url()
+    submitted = httpx.post(f"{base}/jobs", json=params, headers=admin(), timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    started = time.monotonic()
+    while True:
+        job = httpx.get(f"{base}/jobs/{job_id}", headers=admin(), timeout=30).json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            break
+        assert time.monotonic() - started < 600, f"job still {job}\n{stack.diagnostics()}"
+        time.sleep(1)
+    FIGURES["job, submitted to finished (s)"] = round(time.monotonic() - started, 1)
+    assert job["status"] == "succeeded", f"{job}\n{stack.diagnostics()}"
+    assert job["promoted"] is True and job["candidate_version"] == 2, job
+
+    swap = wait_served(base, 2)
+    FIGURES["job finished to API serving v2 (s)"] = round(swap, 1)
+    seen_v2 = time.monotonic()
+    while not any(a[1].get("model_version") == 2 for a in labeler.answers):
+        assert time.monotonic() - seen_v2 < 30, "the labeling client never got an answer from v2"
+        time.sleep(0.5)
+    labeler.stop.set()
+    labeler.join(60)
+
+    # It ran on the worker container, which wrote v2 into the shared volume as the app user.
+    worker_logs = stack.compose("logs", "--no-color", "worker")
+    assert f"job {job_id}: candidate v2 published" in worker_logs
+    assert stack.exec("api", "stat", "-c", "%U", "/models/v2").strip() == APP_USER
+    # Nobody labeling through the swap saw a failure, and every answer is stored under the
+    # version that gave it.
+    failed = [a for a in labeler.answers if a[0] != 200]
+    assert not failed, failed[:5]
+    versions = [a[1]["model_version"] for a in labeler.answers]
+    assert versions[0] == 1 and versions[-1] == 2, versions
+    assert versions == sorted(versions), "an answer from v1 after one from v2"
+    first_v2 = next(a[1] for a in labeler.answers if a[1]["model_version"] == 2)
+    assert stack.sql(f"SELECT model_version FROM pseudo_labels WHERE id = {first_v2['id']}") == "2"
+    seen["rows"] = stored_rows(stack)
+
+
+def test_restarting_the_api_keeps_models_rows_and_key(stack: Stack):
+    stack.compose("restart", "api")
+    assert stack.wait_ready()["model_version"] == 2
+    assert stack.admin_key() == seen["key"]
+    assert stored_rows(stack) == seen["rows"]
+    assert label(stack.url(), "@united thanks for the upgrade")["model_version"] == 2
+    seen["rows"] = int(seen["rows"]) + 1  # type: ignore[call-overload]
+
+
+def test_down_then_up_keeps_models_rows_and_key(stack: Stack):
+    stack.compose("down")
+    assert stack.containers() == []
+    stack.compose("up", "-d", "--no-build", timeout=900)
+    logs = stack.compose("logs", "--no-color", "bootstrap")
+    assert "A model is already active; no bootstrap needed." in logs
+    assert stack.wait_ready()["model_version"] == 2
+    assert stack.admin_key() == seen["key"]
+    assert stored_rows(stack) == seen["rows"]
+    models = httpx.get(f"{stack.url()}/models", headers=admin(), timeout=30)
+    assert models.status_code == 200
+    assert sorted(m["version"] for m in models.json()) == [1, 2]
+
+
+def test_two_api_replicas_serve_the_same_version_and_swap_together(stack: Stack):
+    stack.compose("up", "-d", "--no-build", "--no-recreate", "--scale", "api=2")
+    assert len(stack.containers("api", running=True)) == 2
+    assert stack.url(1) != stack.url(2)
+    for replica in (1, 2):
+        assert stack.wait_ready(replica)["model_version"] == 2
+        assert active(stack.url(replica))["served_version"] == 2
+    # A rollback through one replica reaches the other (Redis pub/sub, or the poll).
+    rollback = httpx.post(f"{stack.url(2)}/models/1/activate", headers=admin(), timeout=30)
+    assert rollback.status_code == 200, rollback.text
+    for replica in (1, 2):
+        wait_served(stack.url(replica), 1)
+        assert label(stack.url(replica), f"@united replica {replica}")["model_version"] == 1
+
+
+def test_down_with_volumes_removes_everything(stack: Stack):
+    stack.compose("down", "-v", "--remove-orphans")
+    assert stack.containers() == []
+    left = run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"]
+    ).split()
+    assert left == []
