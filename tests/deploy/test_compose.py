@@ -127,6 +127,22 @@ def _processes(container_id: str) -> list[tuple[str, str]]:
     return [(line.split()[0], line.split()[-1]) for line in out if line.strip()]
 
 
+def test_the_image_holds_no_compiler_test_tools_or_pip_cache(stack: Stack):
+    (api,) = stack.containers("api")
+    script = (
+        "for tool in gcc cc c++ make; do command -v $tool; done; "
+        "python -m pip list --format=freeze; "
+        "find / -xdev -type d -path '*/.cache/pip' 2>/dev/null; true"
+    )
+    out = run(["docker", "run", "--rm", "--entrypoint", "sh", api["Config"]["Image"], "-c", script])
+    lines = out.split()
+    installed = {line.split("==")[0].lower() for line in lines if "==" in line}
+    assert {"torch", "fastapi", "celery"} <= installed, out  # the listing itself worked
+    # The dev, research and bench extras stay out of the service's image.
+    assert not installed & {"pytest", "ruff", "mypy", "matplotlib", "onnxscript", "playwright"}
+    assert not [line for line in lines if "==" not in line], f"compiler or pip cache: {out}"
+
+
 def test_label_through_the_published_port_stores_rows_in_postgres(stack: Stack):
     before = stored_rows(stack)
     base = stack.url()
