@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -88,8 +89,13 @@ class Stack:
 
     def url(self, replica: int = 1) -> str:
         """The API replica's published address on 127.0.0.1."""
-        out = self.compose("port", "--index", str(replica), "api", "8000").strip()
-        return f"http://{out.splitlines()[-1]}"
+        # check=False: callers poll this while a replica restarts, and a failure here is
+        # not worth every container's logs each time.
+        out = self.compose("port", "--index", str(replica), "api", "8000", check=False)
+        address = out.strip().splitlines()[-1] if out.strip() else ""
+        if not re.fullmatch(r"127\.0\.0\.1:\d+", address):
+            raise AssertionError(f"api replica {replica} publishes no port yet: {out.strip()!r}")
+        return f"http://{address}"
 
     def exec(self, service: str, *argv: str) -> str:
         return self.compose("exec", "-T", service, *argv)
