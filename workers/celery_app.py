@@ -14,6 +14,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 
 from app.core import logs
 from app.core.config import Settings, get_settings
+from workers.queues import MAINTENANCE_QUEUE, TRAINING_QUEUE
 
 # Longer than the longest job: Redis re-delivers an unacknowledged job after this long.
 VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
@@ -47,6 +48,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         # Job state lives in our store; Celery results would be a second, stale copy.
         task_ignore_result=True,
+        task_default_queue=MAINTENANCE_QUEUE,
+        # send_task by name (the API) follows these routes as .delay() does (beat).
+        task_routes={"pfp.retrain": {"queue": TRAINING_QUEUE}},
         # A job is acknowledged only when done, so a worker that dies hands it on.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -12,13 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.ml.modeling import Classifier
+from app.ml.pool import PoolPolicy, PoolSelector
 from app.ml.training import ProgressFn, predict, scores
-from app.store import gold, pseudo_labels, versions
+from app.store import gold, pseudo_labels, retention, versions
 from app.store.database import Store
 
 Split = tuple[list[str], list[str]]  # (texts, labels)
+
+# Stored rows per database round trip while a job reads its pool.
+PAGE_SIZE = 2_000
 
 
 class JobError(Exception):
@@ -73,36 +78,73 @@ def current_champion(store: Store) -> Champion | None:
         return Champion(active, list(row.labels)) if active is not None and row else None
 
 
-def gather_pool(
-    store: Store,
-    labels: list[str],
-    upto_id: int,
-    min_confidence: float | None,
-    max_texts: int,
-) -> tuple[list[str], list[list[float]]]:
-    """The pre-training pool: (texts, logits) of the stored predictions up to `upto_id`
-    made by models with `labels` in this order (logits mean nothing in another order), the
-    newest prediction per text, never a text of the gold dev or test split (they judge the
-    candidate), at most the `max_texts` newest (0: all)."""
+@dataclass(frozen=True)
+class Pool:
+    """The texts a job pre-trains on, their teacher logits, and how they were chosen."""
+
+    texts: list[str]
+    logits: list[list[float]]
+    summary: dict[str, Any]
+
+
+def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolicy) -> Pool:
+    """The pre-training pool, chosen in the store by `policy` (app/ml/pool.py): stored
+    predictions up to `upto_id`, newest first, made by models with `labels` in this order
+    (logits mean nothing in another order), one per text, never a text of the gold dev or
+    test split (they judge the candidate), never one in a range that retention is deleting.
+
+    Pages stream from the database; the job holds the texts it selects and no more, so its
+    memory and time stay flat however large the store grows."""
+    started = time.perf_counter()
     with store.session() as session:
         same_labels = [v for v, ls in versions.label_sets(session).items() if ls == labels]
-        rows = pseudo_labels.pool_rows(
-            session, upto_id=upto_id, versions=same_labels, min_confidence=min_confidence
-        )
         held_out = gold.all_texts(session, ("dev", "test"))
-    newest: dict[str, list[float]] = {}
-    for row in rows:
-        if row.text not in held_out:
-            newest[row.text] = list(row.logits)
-    pool = list(newest.items())
-    if max_texts:
-        pool = pool[-max_texts:]
-    if not pool:
+        floor = retention.deleted_upto(session)
+        selector = PoolSelector(policy, held_out)
+        pages = pseudo_labels.pool_pages(
+            session,
+            upto_id=upto_id,
+            above_id=floor,
+            versions=same_labels,
+            min_confidence=policy.min_confidence,
+            max_confidence=policy.max_confidence,
+            page_size=PAGE_SIZE,
+        )
+        for page in pages:
+            for row in page:
+                selector.offer(row.id, row.text, row.label, row.logits)
+                if selector.done:
+                    break
+            if selector.done:
+                break
+    with store.session() as session:
+        # Retention raises its mark before it deletes a row: a range it started on while
+        # we read may have lost rows under us, so none of that range is used.
+        now_floor = retention.deleted_upto(session)
+    keep = [i for i, row_id in enumerate(selector.ids) if row_id > now_floor]
+    if not keep:
         raise JobError(
             "no pseudo-labeled texts to pre-train on (label some texts with /label first; "
             "texts of the gold dev/test splits are excluded)"
         )
-    return [text for text, _ in pool], [logits for _, logits in pool]
+    # Oldest first, as the texts arrived: training shuffles them anyway.
+    keep.reverse()
+    summary = {
+        **selector.summary(),
+        "upto_id": upto_id,
+        "above_id": now_floor,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if len(keep) < len(selector.ids):
+        kept_ids = [selector.ids[i] for i in keep]
+        summary["dropped_for_retention"] = len(selector.ids) - len(keep)
+        summary["selected"] = len(keep)
+        summary["id_range"] = [min(kept_ids), max(kept_ids)]
+    return Pool(
+        texts=[selector.texts[i] for i in keep],
+        logits=[selector.logits[i] for i in keep],
+        summary=summary,
+    )
 
 
 @dataclass

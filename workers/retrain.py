@@ -1,8 +1,9 @@
 """The retraining job, as a plain function (Celery only calls it).
 
 Its stages are those of `workers/pipeline.py`:
-1. gather the pool: stored pseudo-labels of models with the serving label set, one per
-   text (the newest), never a text of the gold dev or test split;
+1. gather the pool: the newest stored pseudo-labels that the job's step budget covers
+   (app/ml/pool.py), of models with the serving label set, one per text, never a text of
+   the gold dev or test split, read from the store a page at a time;
 2. pre-train on the pool (the task loss on the serving model's predictions, plus the
    masked-LM loss if asked) from the base encoder or the active model -> model C;
 3. fine-tune C on the gold train split -> the candidate (model D);
@@ -24,6 +25,7 @@ from app.core.config import Settings
 from app.ml.job_params import JobParams
 from app.ml.method import fine_tune_on_gold, pretrain_on_predictions
 from app.ml.modeling import Classifier, load_classifier, save_classifier
+from app.ml.pool import PoolPolicy
 from app.ml.promotion import Decision, changed_share, decide, encoder_cost
 from app.registry import publish, version_dir
 from app.store import jobs
@@ -34,6 +36,7 @@ from workers.pipeline import (
     Evaluation,
     Gold,
     JobError,
+    Pool,
     current_champion,
     evaluate,
     gather_pool,
@@ -129,8 +132,13 @@ def _retrain(
     if champion is None:
         raise JobError("no active model yet: the first model must be published first")
     data = load_gold(store)
-    texts, teacher_logits = gather_pool(
-        store, champion.labels, pool_upto, params.min_confidence, params.max_pool_texts
+    pool = gather_pool(store, champion.labels, pool_upto, PoolPolicy.for_job(params))
+    log.info(
+        "job %s: pre-training pool of %d texts (%d stored rows read in %.1f s)",
+        job_id,
+        len(pool.texts),
+        pool.summary["scanned"],
+        pool.summary["seconds"],
     )
     data.check_trainable(champion.labels)
     start = (
@@ -141,7 +149,7 @@ def _retrain(
 
     report.enter("pretraining")
     model, tokenizer, history = pretrain_on_predictions(
-        start, champion.labels, texts, teacher_logits, params, report
+        start, champion.labels, pool.texts, pool.logits, params, report
     )
     _save_history(store, job_id, "pretraining", history.as_dict())
 
@@ -173,7 +181,7 @@ def _retrain(
         reason=f"published by job {job_id}",
         job_id=job_id,
         metrics=metrics["candidate"],
-        lineage=_lineage(job_id, params, start, champion, len(texts), data, metrics),
+        lineage=_lineage(job_id, params, start, champion, pool, data, metrics),
     )
     if published.conflict:
         reason = f"{reason}; not published: {published.conflict}"
@@ -253,7 +261,7 @@ def _lineage(
     params: JobParams,
     start: Path,
     champion: Champion,
-    pool_texts: int,
+    pool: Pool,
     data: Gold,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
@@ -264,7 +272,8 @@ def _lineage(
         "start_from": params.start_from,
         "start_path": str(start),
         "champion_version": champion.version,
-        "pool_texts": pool_texts,
+        "pool_texts": len(pool.texts),
+        "pool": pool.summary,
         "gold_train": len(data.train[0]),
         "params": params.model_dump(),
         "layers": metrics["comparison"]["candidate_layers"],

@@ -44,3 +44,11 @@ def sweep_stale_jobs() -> int:
     from workers.schedule import fail_stale_jobs
 
     return fail_stale_jobs(get_settings(), worker_store())
+
+
+@celery_app.task(name="pfp.retention")  # type: ignore[untyped-decorator]
+def retention(run_id: int) -> None:
+    """An operator's retention run (POST /admin/retention): archive, then delete."""
+    from workers.retention import run_retention
+
+    run_retention(run_id, get_settings(), worker_store())

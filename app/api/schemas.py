@@ -158,3 +158,49 @@ class ActiveModelView(BaseModel):
     version: int | None = Field(description="Version active in the store.")
     served_version: int | None = Field(description="Version this API process serves now.")
     model: ModelView | None
+
+
+class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    before: datetime = Field(
+        description="Remove pseudo-labels created before this time (UTC where no zone is given)."
+    )
+    dry_run: bool = Field(
+        True, description="Only say what would be removed (the default); false: do it."
+    )
+    archive: bool = Field(
+        True,
+        description="Write the rows to a Parquet file under DATA_DIR/archive before deleting "
+        "them (false: delete without a copy).",
+    )
+    resume: bool = Field(
+        False,
+        description="Queue the run in progress again instead of refusing (409): for a run "
+        "whose task was lost with the broker; a run picks up where it stopped.",
+    )
+
+
+class RetentionPlanView(BaseModel):
+    before: UtcDatetime
+    dry_run: bool
+    rows: int = Field(description="Stored pseudo-labels that would be removed.")
+    upto_id: int = Field(description="The range's last id: every row with an id at or below it.")
+    oldest: UtcDatetime | None
+    newest: UtcDatetime | None
+    retention_mark: int = Field(description="Ids at or below this are removed or being removed.")
+    running_run: int | None = Field(description="The id of a run in progress, if any.")
+
+
+class RetentionRunView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    status: str
+    before: UtcDatetime
+    upto_id: int
+    rows: int
+    deleted: int
+    archive: bool
+    archive_path: str | None
+    error: str | None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None

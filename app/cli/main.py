@@ -5,17 +5,19 @@ Running the service:
 
 serve        everything on one machine: first model if needed, a worker with beat, the API
 api          the API alone (docker-compose's api service)
-worker       a Celery worker (add --beat on a single machine)
+worker       a Celery worker (add --beat on a single machine; --queues training on the
+             machine that should train)
 beat         Celery beat, the retraining schedule
 bootstrap    fine-tune and publish the first model if none is active, then exit
 
-Operating it (over HTTP, against --url / PFP_URL; see data.py, jobs.py, models.py):
+Operating it (over HTTP, against --url / PFP_URL; see data.py, jobs.py, models.py, retention.py):
 
 import-gold  import human labels from a CSV or JSONL file
 label        label every text of a file; predictions to stdout or a file
 export       stored pseudo-labels as JSON lines, CSV or Parquet, filtered
 jobs         list, submit, watch and cancel retraining jobs
 models       list versions, activate one
+retention    archive old pseudo-labels to Parquet and delete them (dry-run first)
 
 Exit status: 0 done; 1 the API refused (its message is printed) or a watched job failed;
 2 bad arguments or input file; 3 the service could not be reached.
@@ -30,11 +32,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from app.cli import common, data, jobs, models
+from app.cli import common, data, jobs, models, retention
 from app.cli.client import ClientError
 from app.core.config import Settings, get_settings
+from workers.queues import MAINTENANCE_QUEUE, QUEUES, TRAINING_QUEUE
 
 
 def _announce_admin_key(settings: Settings) -> None:
@@ -92,7 +96,9 @@ def _quiet(settings: Settings) -> list[str]:
     return ["--quiet"] if settings.log_format == "json" else []
 
 
-def _celery_worker_args(settings: Settings, beat: bool) -> list[str]:
+def _celery_worker_args(
+    settings: Settings, beat: bool, queues: Sequence[str] = QUEUES
+) -> list[str]:
     args = [
         sys.executable,
         "-m",
@@ -108,11 +114,23 @@ def _celery_worker_args(settings: Settings, beat: bool) -> list[str]:
         "1",
         "--without-mingle",
         "--without-gossip",
+        "--queues",
+        ",".join(queues),
     ]
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         args += ["--beat", "--schedule", str(settings.data_dir / "celerybeat-schedule")]
     return args
+
+
+def _queues(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue {', '.join(unknown) or repr(text)}; the queues are " + ", ".join(QUEUES)
+        )
+    return names
 
 
 def _run_api(settings: Settings, host: str, port: int) -> None:
@@ -170,7 +188,7 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     settings = get_settings()
-    argv = _celery_worker_args(settings, beat=args.beat)
+    argv = _celery_worker_args(settings, beat=args.beat, queues=args.queues)
     os.execv(argv[0], argv)
 
 
@@ -222,13 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--beat", action="store_true", help="also run the schedule (one worker only)"
     )
+    worker.add_argument(
+        "--queues",
+        type=_queues,
+        default=list(QUEUES),
+        metavar="Q[,Q]",
+        help=f"the queues to take tasks from (default: {','.join(QUEUES)}); "
+        f"`{TRAINING_QUEUE}` alone on the machine that should train, "
+        f"`{MAINTENANCE_QUEUE}` alone where it should not",
+    )
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("beat", help="run Celery beat").set_defaults(func=cmd_beat)
     sub.add_parser("bootstrap", help="publish the first model if none is active").set_defaults(
         func=cmd_bootstrap
     )
     connection = common.connection_options()
-    for commands in (data, jobs, models):
+    for commands in (data, jobs, models, retention):
         commands.add_commands(sub, connection)
     return parser
 

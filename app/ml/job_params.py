@@ -44,8 +44,21 @@ class JobParams(BaseModel):
     min_confidence: float | None = Field(
         None, ge=0.0, le=1.0, description="Drop pseudo-labels below this confidence."
     )
+    max_confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="Drop pseudo-labels above this confidence."
+    )
     max_pool_texts: int = Field(
-        0, ge=0, description="Use at most this many of the newest pseudo-labeled texts (0: all)."
+        0,
+        ge=0,
+        description="Use at most this many of the newest pseudo-labeled texts (0: as many as "
+        "the pre-training steps cover: pretrain_step_budget x batch_size / pretrain_epochs).",
+    )
+    pool_class_cap: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="No predicted class takes more than this share of the pool's limit, so a "
+        "majority class does not swamp it (0: no cap).",
     )
     top_k_share: float = Field(
         0.0,
@@ -75,6 +88,12 @@ class JobParams(BaseModel):
     pretrain_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over the pool.")
     pretrain_max_steps: int = Field(
         0, ge=0, description="Exact pre-training steps; overrides epochs (0: use epochs)."
+    )
+    pretrain_step_budget: int = Field(
+        400,
+        ge=0,
+        description="At most this many pre-training steps however large the store grows: the "
+        "pool is the newest texts they cover (0: no bound, every stored text).",
     )
     pretrain_learning_rate: float = Field(
         5e-5,
@@ -152,6 +171,12 @@ class JobParams(BaseModel):
     def _something_to_learn(self) -> JobParams:
         if self.mlm_weight == 0.0 and self.task_weight == 0.0:
             raise ValueError("mlm_weight and task_weight cannot both be 0: nothing to pre-train")
+        if (
+            self.min_confidence is not None
+            and self.max_confidence is not None
+            and self.min_confidence > self.max_confidence
+        ):
+            raise ValueError("min_confidence is above max_confidence: no pseudo-label is left")
         return self
 
     def at_length(self, serving_max_length: int) -> JobParams:

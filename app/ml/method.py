@@ -63,6 +63,7 @@ def pretrain_config(params: JobParams) -> PretrainConfig:
             params.pretrain_max_steps,
             params.pretrain_learning_rate,
         ),
+        step_budget=params.pretrain_step_budget,
         mlm_weight=params.mlm_weight,
         task_weight=params.task_weight,
         mlm_probability=params.mlm_probability,

@@ -43,6 +43,7 @@ class LoopConfig:
 
     epochs: float = 1.0
     max_steps: int = 0  # > 0: exactly this many steps, whatever `epochs` says (as HF Trainer)
+    step_budget: int = 0  # > 0: at most this many steps where `epochs` would take more
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_fraction: float = 0.06
@@ -65,7 +66,8 @@ class LoopConfig:
         if self.max_steps > 0:
             return self.max_steps
         per_epoch = math.ceil(n_examples / self.batch_size)
-        return max(1, math.ceil(self.epochs * per_epoch))
+        steps = max(1, math.ceil(self.epochs * per_epoch))
+        return min(steps, self.step_budget) if self.step_budget > 0 else steps
 
 
 @dataclass

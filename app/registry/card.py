@@ -37,6 +37,26 @@ def _promotion_rows(comparison: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _pool_rows(pool: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """How the job chose its pre-training texts (workers/pipeline.py `gather_pool`)."""
+    if not pool:
+        return []
+    policy = pool.get("policy", {})
+    limit = policy.get("limit") or "no limit"
+    chosen = f"{pool.get('selected')} texts, newest first, one per text (limit {limit})"
+    rules = []
+    if policy.get("class_cap"):
+        rules.append(f"at most {policy.get('per_label')} per predicted label")
+    for bound, word in (("min_confidence", ">="), ("max_confidence", "<=")):
+        if policy.get(bound) is not None:
+            rules.append(f"confidence {word} {policy[bound]}")
+    ids = pool.get("id_range") or ["?", "?"]
+    return [
+        ("pre-training pool", chosen + "".join(f"; {rule}" for rule in rules)),
+        ("pool rows read", f"{pool.get('scanned')} (ids {ids[0]} to {ids[1]} used)"),
+    ]
+
+
 def model_card(
     settings: Settings,
     *,
@@ -69,6 +89,7 @@ def model_card(
         ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
         ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
         ("encoder layers", str(lineage.get("layers", "as the base model"))),
+        *_pool_rows(lineage.get("pool")),
         *_promotion_rows(lineage.get("comparison")),
         ("written", (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]

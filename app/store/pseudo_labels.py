@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.store.tables import PseudoLabel, utcnow
@@ -101,13 +101,40 @@ def count_after(session: Session, after_id: int) -> int:
     return session.scalar(query) or 0
 
 
-def pool_rows(
-    session: Session, *, upto_id: int, versions: Sequence[int], min_confidence: float | None
-) -> list[PseudoLabel]:
-    """The pre-training pool: predictions up to `upto_id` made by models of `versions`."""
-    query = select(PseudoLabel).where(
-        PseudoLabel.id <= upto_id, PseudoLabel.model_version.in_(list(versions))
-    )
-    if min_confidence is not None:
-        query = query.where(PseudoLabel.confidence >= min_confidence)
-    return list(session.scalars(query.order_by(PseudoLabel.id)))
+def pool_pages(
+    session: Session,
+    *,
+    upto_id: int,
+    above_id: int,
+    versions: Sequence[int],
+    min_confidence: float | None = None,
+    max_confidence: float | None = None,
+    page_size: int = 2_000,
+) -> Iterator[list[Row[tuple[int, str, str, list[float]]]]]:
+    """The pre-training pool's candidates, newest first, a page at a time: (id, text, label,
+    logits) of predictions with `above_id` < id <= `upto_id` made by models of `versions`.
+
+    Keyset pages walk the primary key downwards, so a page costs the same at any depth of a
+    store of any size, and the caller holds one page at a time, never the store."""
+    if not versions:
+        return
+    cursor = upto_id + 1
+    while True:
+        query = select(
+            PseudoLabel.id, PseudoLabel.text, PseudoLabel.label, PseudoLabel.logits
+        ).where(
+            PseudoLabel.id < cursor,
+            PseudoLabel.id > above_id,
+            PseudoLabel.model_version.in_(list(versions)),
+        )
+        if min_confidence is not None:
+            query = query.where(PseudoLabel.confidence >= min_confidence)
+        if max_confidence is not None:
+            query = query.where(PseudoLabel.confidence <= max_confidence)
+        page = list(session.execute(query.order_by(PseudoLabel.id.desc()).limit(page_size)))
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        cursor = page[-1].id

@@ -21,6 +21,9 @@ class PseudoLabel(Base):
     """A text a user sent to /label, with the prediction the serving model gave it."""
 
     __tablename__ = "pseudo_labels"
+    # Ids are never reused, even once retention has deleted the newest rows: jobs' pool
+    # marks and the retention mark are ids. SQLite reuses the largest rowid without it.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     # 64-bit on PostgreSQL (the table every request grows); SQLite's rowid is 64-bit already.
     id: Mapped[int] = mapped_column(
@@ -111,3 +114,27 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RetentionRun(Base):
+    """An operator's removal of old pseudo-labels: every row with id <= `upto_id` (those
+    created before `before`) is archived to Parquet, then deleted in batches.
+
+    The highest `upto_id` of any run, finished or not, is the store's retention mark: a
+    run records it before deleting a row, and no job pre-trains on a row below it."""
+
+    __tablename__ = "retention_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    upto_id: Mapped[int] = mapped_column(BigInteger)
+    # Rows in the range when the run was planned, and deleted so far.
+    rows: Mapped[int] = mapped_column(BigInteger)
+    deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Whether the range goes to a Parquet file before it is deleted, and the file once written.
+    archive: Mapped[bool] = mapped_column(Boolean, default=True)
+    archive_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

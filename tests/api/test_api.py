@@ -15,17 +15,6 @@ from tests.conftest import ADMIN, RecordingQueue
 from workers.retrain import run_retrain_job
 
 
-@pytest.fixture
-def api(published_copy: Settings):
-    queue = RecordingQueue()
-    app = create_app(published_copy, job_queue=queue)
-    with TestClient(app, headers=ADMIN) as client:
-        client.queue = queue  # type: ignore[attr-defined]
-        client.settings = published_copy  # type: ignore[attr-defined]
-        client.store = app.state.store  # type: ignore[attr-defined]
-        yield client
-
-
 def _stored(store: Store) -> list:
     with store.session() as s:
         return pseudo_labels.list_pseudo_labels(s, limit=10_000)

@@ -117,10 +117,11 @@ def test_every_command_has_help_with_an_example():
         assert command in text
     commands = _subcommands(parser)
     leaves = {name: commands[name] for name in ("import-gold", "label", "export")}
-    for group in ("jobs", "models"):
+    for group in ("jobs", "models", "retention"):
         leaves.update({f"{group} {n}": p for n, p in _subcommands(commands[group]).items()})
     assert set(leaves) >= {"jobs list", "jobs submit", "jobs watch", "jobs cancel"}
     assert set(leaves) >= {"models list", "models activate"}
+    assert set(leaves) >= {"retention run", "retention list"}
     for name, leaf in leaves.items():
         help_text = leaf.format_help()
         assert "example" in help_text and "--url" in help_text and "--api-key" in help_text, name

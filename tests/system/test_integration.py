@@ -77,12 +77,22 @@ def distributed(
     assert boot.popen.wait(300) == 0, boot.log()
     ports = [free_port(), free_port()]
     apis = [Proc(f"api{i}", ["api", "--port", str(p)], env, tmp_path) for i, p in enumerate(ports)]
-    worker = Proc("worker", ["worker"], env, tmp_path)
-    procs += [*apis, worker]
+    # Laid out as on a GPU machine and a CPU one: training jobs reach only the worker that
+    # listens to the training queue, everything else only the other.
+    worker = Proc("worker", ["worker", "--queues", "training"], env, tmp_path)
+    light = Proc("light-worker", ["worker", "--queues", "maintenance"], env, tmp_path)
+    procs += [*apis, worker, light]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     for url, proc in zip(urls, apis, strict=True):
         wait_ready(url, proc)
-    yield {"urls": urls, "apis": apis, "worker": worker, "env": env, "tmp": tmp_path}
+    yield {
+        "urls": urls,
+        "apis": apis,
+        "worker": worker,
+        "light_worker": light,
+        "env": env,
+        "tmp": tmp_path,
+    }
     for proc in procs:
         proc.stop()
 
@@ -126,6 +136,21 @@ def test_label_retrain_and_hot_swap_on_two_api_processes(distributed):
     assert len(stored) == 300 + len(labeler.answers)
     models = http.get(f"{urls[0]}/models").json()
     assert [(m["version"], m["active"]) for m in models] == [(2, True), (1, False)]
+    job_line = f"job {job['id']}: pre-training pool"
+    assert job_line in distributed["worker"].log()
+    assert job_line not in distributed["light_worker"].log()
+
+    # A retention run goes to the maintenance queue: the training worker never sees it.
+    before = {"before": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dry_run": False}
+    run = http.post(f"{urls[0]}/admin/retention", json=before).json()
+    deadline = time.monotonic() + 60
+    while run["status"] == "running":
+        assert time.monotonic() < deadline, (run, distributed["light_worker"].log()[-3000:])
+        time.sleep(0.3)
+        run = http.get(f"{urls[1]}/admin/retention/{run['id']}").json()
+    assert run["status"] == "succeeded" and run["deleted"] == run["rows"] > 0
+    assert f"retention run {run['id']}: deleted" in distributed["light_worker"].log()
+    assert "retention run" not in distributed["worker"].log()
 
 
 def test_killed_worker_leaves_the_champion_serving(distributed):

@@ -77,7 +77,12 @@ def test_job_publishes_a_winning_candidate(ready):
     with store.session() as s:
         assert versions.active_version(s) == job.candidate_version == 2
         row = versions.get_version(s, 2)
-        assert row.parent_version == 1 and row.lineage["pool_texts"] == 60
+        # 3 pre-training steps of 16 texts see the 48 newest of the 60 stored texts.
+        assert row.parent_version == 1 and row.lineage["pool_texts"] == 48
+        pool = row.lineage["pool"]
+        assert pool["policy"]["limit"] == 48 and pool["id_range"] == [13, 60]
+    card = (version_dir(settings, 2) / "README.md").read_text()
+    assert "| pre-training pool | 48 texts, newest first" in card
     # Plain Hugging Face format.
     from transformers import pipeline
 
