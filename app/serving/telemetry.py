@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.store import versions
 from app.store.database import Store
 from app.store.jobs import FINISHED
-from app.store.tables import Job, PseudoLabel
+from app.store.tables import Job, PseudoLabel, RetentionRun
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,18 @@ def job_outcome(status: str, promoted: bool | None) -> str:
 
 
 def read_snapshot(store: Store) -> StoreSnapshot:
-    """A few cheap queries: max(id) from the pseudo-labels' primary key (never a count of
-    the big table), the jobs table (one row per job: small), the active version's row."""
+    """A few cheap queries: max(id) from the pseudo-labels' primary key less the rows
+    retention deleted (never a count of the big table), the jobs table (one row per job:
+    small), the active version's row."""
     snap = StoreSnapshot()
     with store.session() as session:
-        # Rows are never deleted, so the highest id is the count, read from the primary key
-        # index (on PostgreSQL an insert rolled back leaves a gap: an upper bound).
-        snap.pseudo_labels = session.scalar(select(func.max(PseudoLabel.id))) or 0
+        # Ids are never reused, and only retention deletes (counting what it deleted), so
+        # the highest id less those is the count, read from the primary key index and the
+        # small table of runs (on PostgreSQL a rolled-back insert leaves a gap: an upper
+        # bound).
+        highest = session.scalar(select(func.max(PseudoLabel.id))) or 0
+        removed = session.scalar(select(func.sum(RetentionRun.deleted))) or 0
+        snap.pseudo_labels = max(0, highest - int(removed))
         snap.jobs = dict.fromkeys(JOB_STATUSES, 0)
         for status, count in session.execute(
             select(Job.status, func.count()).group_by(Job.status)
