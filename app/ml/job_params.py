@@ -3,7 +3,8 @@
 The defaults are the `kd` row of `make repro` (docs/ablation.md), the paper's final
 method, which beat its compute-matched gold-only control on test in every seed. The
 student starts from the base encoder and learns the serving model's logits (KL, soft
-labels) on the clean texts of the whole pool, with no masked-LM loss; then it is
+labels) on the clean texts of the pool (the newest texts that the step budget covers:
+all of the demo data's), with no masked-LM loss; then it is
 fine-tuned on gold, keeping its best dev checkpoint. bf16 where the CPU computes it
 natively.
 """
