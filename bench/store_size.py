@@ -27,6 +27,7 @@ Results go to bench-results/store/store_size.json and a Markdown table on stdout
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -144,7 +145,7 @@ def bulk_fill(url: str, n: int, texts: list[str]) -> float:
         while True:
             chunk = [
                 (t, lb, c, lg, v, at.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f"))
-                for t, lb, c, lg, v, at in _take(rows, FILL_CHUNK)
+                for t, lb, c, lg, v, at in itertools.islice(rows, FILL_CHUNK)
             ]
             if not chunk:
                 break
@@ -162,15 +163,6 @@ def bulk_fill(url: str, n: int, texts: list[str]) -> float:
             conn.autocommit = True
             conn.execute("VACUUM ANALYZE pseudo_labels")
     return time.perf_counter() - started
-
-
-def _take(rows: Iterator[tuple[Any, ...]], n: int) -> list[tuple[Any, ...]]:
-    out = []
-    for row in rows:
-        out.append(row)
-        if len(out) == n:
-            break
-    return out
 
 
 # -- the API -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ to train and how to report progress.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -110,11 +111,8 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
             max_confidence=policy.max_confidence,
             page_size=PAGE_SIZE,
         )
-        for page in pages:
-            for row in page:
-                selector.offer(row.id, row.text, row.label, row.logits)
-                if selector.done:
-                    break
+        for row in itertools.chain.from_iterable(pages):
+            selector.offer(row.id, row.text, row.label, row.logits)
             if selector.done:
                 break
     with store.session() as session:

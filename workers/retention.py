@@ -14,15 +14,12 @@ import logging
 import os
 import time
 import uuid
-from datetime import UTC
 from pathlib import Path
-from typing import Any
 
 from app.core.config import Settings
-from app.core.label_export import parquet_batch, parquet_schema
-from app.store import retention
+from app.core.label_export import exported_row, parquet_batch, parquet_schema
+from app.store import pseudo_labels, retention
 from app.store.database import Store
-from app.store.tables import PseudoLabel
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +75,6 @@ def run_retention(run_id: int, settings: Settings, store: Store) -> None:
     log.info("retention run %s: deleted %d rows with id <= %d", run_id, deleted, upto)
 
 
-def _archived_row(row: PseudoLabel) -> dict[str, Any]:
-    created = row.created_at
-    if created.tzinfo is None:  # SQLite hands back naive UTC
-        created = created.replace(tzinfo=UTC)
-    return {
-        "id": row.id,
-        "text": row.text,
-        "label": row.label,
-        "confidence": row.confidence,
-        "model_version": row.model_version,
-        "created_at": created.isoformat(),
-        "logits": list(row.logits),
-    }
-
-
 def write_archive(settings: Settings, store: Store, run_id: int, upto: int) -> tuple[Path, int]:
     """Every stored row with id <= `upto` into one Parquet file (the layout of `pfp export`),
     a row group at a time; the file appears under its name only once complete."""
@@ -108,8 +90,10 @@ def write_archive(settings: Settings, store: Store, run_id: int, upto: int) -> t
             while True:
                 with store.session() as session:
                     page = [
-                        _archived_row(r)
-                        for r in retention.rows_after(session, after, upto, ARCHIVE_PAGE)
+                        exported_row(r)
+                        for r in pseudo_labels.export_rows(
+                            session, after_id=after, upto_id=upto, limit=ARCHIVE_PAGE
+                        )
                     ]
                 if not page:
                     break

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,25 @@ def csv_chunk(items: Iterable[dict[str, Any]], header: bool = False) -> str:
         writer.writerow(COLUMNS)
     writer.writerows(csv_row(item) for item in items)
     return buffer.getvalue()
+
+
+def exported_row(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored row, (id, text, label, confidence, logits, model_version, created_at) as
+    `app.store.pseudo_labels.export_rows` reads it, as the JSON object of
+    `StoredPseudoLabel` (times in UTC with `Z`). Built directly: validating millions of
+    rows through the response model would be most of an export's time."""
+    row_id, text, label, confidence, logits, model_version, created_at = row
+    # SQLite hands times back without their zone; every row is stored in UTC.
+    created = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at
+    return {
+        "id": row_id,
+        "text": text,
+        "label": label,
+        "confidence": float(confidence),
+        "logits": [float(x) for x in logits],
+        "model_version": model_version,
+        "created_at": created.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
 
 
 def parse_timestamp(value: str) -> datetime:

@@ -68,6 +68,7 @@ def _filtered(
     query: Select[Any],
     *,
     after_id: int,
+    upto_id: int | None = None,
     label: str | None = None,
     model_version: int | None = None,
     min_confidence: float | None = None,
@@ -76,6 +77,8 @@ def _filtered(
     until: datetime | None = None,
 ) -> Select[Any]:
     query = query.where(PseudoLabel.id > after_id)
+    if upto_id is not None:
+        query = query.where(PseudoLabel.id <= upto_id)
     if label is not None:
         query = query.where(PseudoLabel.label == label)
     if model_version is not None:

@@ -96,12 +96,6 @@ def list_runs(session: Session, limit: int = 50) -> list[RetentionRun]:
     return list(session.scalars(query))
 
 
-def rows_after(session: Session, after_id: int, upto_id: int, limit: int) -> list[PseudoLabel]:
-    """The next rows of a range in id order, for the archive."""
-    query = select(PseudoLabel).where(PseudoLabel.id > after_id, PseudoLabel.id <= upto_id)
-    return list(session.scalars(query.order_by(PseudoLabel.id).limit(limit)))
-
-
 def delete_batch(session: Session, after_id: int, upto_id: int, limit: int) -> tuple[int, int]:
     """Delete the next `limit` rows of a range above `after_id`: (rows deleted, the id the
     next batch starts after). Starting after the last batch, not at the range's start,

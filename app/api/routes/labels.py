@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import ADMIN, StoreDep
 from app.api.errors import Invalid
 from app.api.schemas import MAX_ROW_ID, MAX_VERSION, PseudoLabelPage, StoredPseudoLabel
-from app.core.label_export import csv_chunk
+from app.core.label_export import csv_chunk, exported_row
 from app.core.texts import storable
 from app.store.database import Store
 from app.store.pseudo_labels import export_rows, list_pseudo_labels
@@ -140,30 +140,13 @@ def _export_pages(store: Store, filters: dict[str, Any]) -> Iterator[list[dict[s
     while True:
         with store.session() as session:
             page = [
-                _exported(row)
+                exported_row(row)
                 for row in export_rows(session, after_id=after_id, limit=EXPORT_PAGE, **filters)
             ]
         if not page:
             return
         yield page
         after_id = page[-1]["id"]
-
-
-def _exported(row: Any) -> dict[str, Any]:
-    """A row as `StoredPseudoLabel` serialises it (times in UTC with `Z`), built directly:
-    validating millions of rows through the model would be most of the export's time."""
-    row_id, text, label, confidence, logits, model_version, created_at = row
-    # SQLite hands times back without their zone; every row is stored in UTC.
-    created = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at
-    return {
-        "id": row_id,
-        "text": text,
-        "label": label,
-        "confidence": float(confidence),
-        "logits": [float(x) for x in logits],
-        "model_version": model_version,
-        "created_at": created.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-    }
 
 
 def _mark_first(
