@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import multiprocess
 
 from app.api.errors import InternalErrors, install_error_handlers
 from app.api.limits import RequestLimits
@@ -70,6 +72,9 @@ def create_app(
             await server.stop()
             await writer.stop()
             store.dispose()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # Drop this process's live gauges (what it served) from the shared metrics.
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     app = FastAPI(
         title="Predictions-for-pre-training labeling service",

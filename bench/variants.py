@@ -203,3 +203,41 @@ def onnx_runtime(
     variant.logits(list(WARMUP_BATCHES[0]))  # the first run allocates; keep it out of timings
     variant.setup_seconds = time.perf_counter() - start
     return variant
+
+
+# --- bf16 and the published forms --------------------------------------------------------------
+
+
+class Bf16Classifier(FastClassifier):
+    """The model's weights and activations in bfloat16: on a CPU with avx512_bf16 or AMX,
+    oneDNN runs its matrix products in bf16 (half the bytes moved of fp32)."""
+
+    name = "torch bf16"
+
+    def __init__(self, source: Classifier) -> None:
+        super().__init__(source)
+        import copy
+
+        model: Any = copy.deepcopy(source.model)
+        self.model = model.to(torch.bfloat16).eval()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(**batch).logits.float()
+
+
+def bf16(classifier: Classifier) -> Bf16Classifier:
+    variant = Bf16Classifier(classifier)
+    variant.logits(list(WARMUP_BATCHES[0]))
+    return variant
+
+
+def published_form(classifier: Classifier, folder: Path, file: str) -> Classifier:
+    """The ONNX form `file` that publishing wrote into a version's folder, run as API
+    processes run it (app/ml/onnx_runtime.onnx_classifier)."""
+    from app.ml.onnx_runtime import onnx_classifier
+
+    try:
+        return onnx_classifier(classifier, folder, None, file)
+    except OnnxUnavailable as error:
+        raise VariantUnavailable(str(error)) from error

@@ -83,6 +83,8 @@ def make_settings(
         "max_length": 32,
         "swap_poll_seconds": 0.2,
         "infer_max_wait_ms": 1.0,
+        # The micro-batch bounds are measured on every first load: briefly for tiny models.
+        "infer_tune_seconds": 0.3,
         "database_url": "",
         "redis_url": "",
         "admin_api_keys": ADMIN_KEY,

@@ -25,6 +25,8 @@ def free_port() -> int:
 def service_env(**values: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
     env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    # Tiny models: a short measurement of the micro-batch bounds is enough.
+    env["INFER_TUNE_SECONDS"] = "0.5"
     env.update({k.upper(): str(v) for k, v in values.items()})
     return env
 

@@ -136,7 +136,10 @@ def service_env(name: str) -> dict[str, str]:
     env = services()[name].get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(key): str(value) for key, value in env.items()}
+    # `${VAR:-default}`: what compose gives where the operator sets nothing.
+    return {
+        str(key): re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)) for key, value in env.items()
+    }
 
 
 def effective_env(name: str) -> dict[str, str]:

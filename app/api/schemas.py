@@ -154,9 +154,35 @@ class ModelView(BaseModel):
     created_at: UtcDatetime
 
 
+class BatchingView(BaseModel):
+    max_texts: int = Field(description="Most texts in one forward pass.")
+    max_tokens: int = Field(description="Most padded tokens in one forward pass.")
+    source: str = Field(
+        description="measured (when this version was loaded), cached (an earlier measurement "
+        "of this form on this CPU), settings (INFER_MAX_BATCH...), or default."
+    )
+    measured: dict[str, float] = Field(
+        description="Texts/s of the served form at each bound tried (empty if not measured)."
+    )
+    seconds: float = Field(description="How long the measurement took.")
+
+
 class ActiveModelView(BaseModel):
     version: int | None = Field(description="Version active in the store.")
     served_version: int | None = Field(description="Version this API process serves now.")
+    served_form: str | None = Field(
+        None,
+        description="What runs it here: onnxruntime int8, onnxruntime fp32, torch fp32 or "
+        "torch int8.",
+    )
+    served_form_reason: str | None = Field(None, description="Why this form.")
+    batching: BatchingView | None = Field(
+        None, description="The micro-batch bounds this process serves the version with."
+    )
+    process: dict[str, int] = Field(
+        default_factory=dict,
+        description="This API process: pid, API processes on its port, inference threads.",
+    )
     model: ModelView | None
 
 

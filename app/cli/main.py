@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from app.cli import common, data, jobs, models, retention
@@ -136,15 +137,47 @@ def _queues(text: str) -> list[str]:
 def _run_api(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
+    processes, threads = settings.api_layout
+    if processes > 1:
+        _share_metrics()
+        # Created here, once: of processes starting together one could read it half written.
+        _announce_admin_key(settings)
+    print(
+        f"API: {processes} process{'es' if processes > 1 else ''} x {threads} inference "
+        f"thread{'s' if threads > 1 else ''} (API_PROCESSES, TORCH_THREADS)",
+        flush=True,
+    )
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=host,
         port=port,
+        # Several processes accept on the one port; each loads, tunes and swaps its model
+        # on its own, as separate replicas do.
+        workers=processes if processes > 1 else None,
         log_level=settings.log_level.lower(),
         # Let in-flight requests finish on shutdown.
         timeout_graceful_shutdown=20,
     )
+
+
+def _share_metrics() -> None:
+    """Point prometheus_client's multiprocess mode at a fresh folder of this machine (not
+    the data volume: replicas in other containers must not mix their figures) before the
+    API processes start, so that every process's /metrics reports all of them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the operator's own folder
+        folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):  # what the processes of an earlier run wrote
+            stale.unlink(missing_ok=True)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pfp-metrics-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 def _die_with_parent() -> None:

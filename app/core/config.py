@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset, taskset),
+    not every core of the host."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def packaged_base_model() -> Path:
@@ -62,28 +71,60 @@ class Settings(BaseSettings):
         10_000, description="Longest text accepted, in characters (413 above)."
     )
     max_batch_texts: int = Field(256, description="Most texts in one /label/batch request.")
+    api_processes: int = Field(
+        0,
+        ge=0,
+        description="API processes behind the one port (`pfp api`, `pfp serve`), each with "
+        "its own model and micro-batcher (0: one per core, at most 4; on 2 cores two "
+        "processes of one thread ran the model 1.4-1.8x as fast as one of two threads: "
+        "docs/benchmarks.md).",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="Inference threads of each API process (0: the cores shared out among "
+        "the API processes).",
+    )
     infer_max_batch: int = Field(
-        8,
-        description="Micro-batching: most texts in one forward pass of the model (8 served "
-        "tweets fastest here: see docs/benchmarks.md).",
+        0,
+        ge=0,
+        description="Micro-batching: most texts in one forward pass (0: measured for each "
+        "version when it is loaded, shown in /models/active).",
     )
     infer_max_batch_tokens: int = Field(
-        2048,
-        description="Micro-batching: most padded tokens (texts x longest) in one forward pass.",
+        0,
+        ge=0,
+        description="Micro-batching: most padded tokens (texts x longest) in one forward pass "
+        "(0: measured with the text bound).",
+    )
+    infer_tune_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="How long an API process measures a newly loaded model to choose its "
+        "micro-batch bounds, off the request path, once per model shape, form and CPU "
+        "(cached in MODEL_DIR/.batch-tuning; 0: no measurement, bounds 8 texts and 2048 "
+        "tokens unless set).",
     )
     infer_backend: Literal["onnxruntime", "torch", "torch-int8"] = Field(
         "onnxruntime",
-        description="What runs the served model: `onnxruntime` (exported to model.onnx in its "
-        "folder when a version is published; same answers, faster here), `torch`, or "
-        "`torch-int8` (PyTorch with its Linear layers quantized to int8 at load).",
+        description="What runs the served model: `onnxruntime` (its fp32 and int8 forms are "
+        "built in its folder when a version is published; see INFER_INT8), `torch`, or "
+        "`torch-int8` (PyTorch with its Linear layers quantized to int8 at load, not gated).",
+    )
+    infer_int8: Literal["gated", "never", "always"] = Field(
+        "gated",
+        description="Serve a version's int8 ONNX form: `gated` (where its gold dev macro-F1 is "
+        "within INFER_INT8_MAX_DROP points of fp32's), `never`, or `always`.",
+    )
+    infer_int8_max_drop: float = Field(
+        0.5,
+        description="Most dev macro-F1 points the int8 form may lose to fp32 and still be "
+        "served (INFER_INT8=gated).",
     )
     infer_max_wait_ms: float = Field(
         2.0,
         description="Micro-batching: longest wait for more texts before a forward pass (only "
         "while several clients are sending).",
-    )
-    torch_threads: int = Field(
-        0, description="Intra-op threads of the API's inference (0: torch's default)."
     )
     swap_poll_seconds: float = Field(
         2.0, description="How often API processes poll the store for a new active model."
@@ -159,6 +200,20 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no Redis is configured: filesystem broker, swap by polling only."""
         return not self.redis_url
+
+    @property
+    def api_layout(self) -> tuple[int, int]:
+        """(API processes, inference threads each) on this machine's cores.
+
+        One process per core, one thread each, unless set: a forward pass of a small
+        encoder on a micro-batch does not keep two threads busy (the threads wait on each
+        other at every layer), while two processes each run their own pass. At most 4 by
+        default, because each process holds its own copy of the model (about 0.6 GB with
+        ONNX Runtime); set API_PROCESSES and TORCH_THREADS on bigger machines."""
+        cores = usable_cores()
+        processes = self.api_processes or min(cores, 4)
+        threads = self.torch_threads or max(1, cores // processes)
+        return processes, threads
 
 
 @lru_cache

@@ -68,8 +68,11 @@ def active_fragment(request: Request, store: StoreDep, server: ServerDep) -> HTM
         active = versions.active_version(session)
         row = versions.get_version(session, active) if active is not None else None
         model = ModelView.model_validate(row) if row else None
-    served = server.current.version if server.current else None
-    return _render(request, "active.html", model=model, active=active, served=served)
+    current = server.current
+    served = current.version if current else None
+    return _render(
+        request, "active.html", model=model, active=active, served=served, current=current
+    )
 
 
 @router.get("/dashboard/fragments/versions", response_class=HTMLResponse, dependencies=READER)

@@ -1,9 +1,10 @@
 """The served classifier run by ONNX Runtime instead of PyTorch (INFER_BACKEND=onnxruntime).
 
-The model is exported once per version to `model.onnx` when the version is published, in
-its folder before the folder is renamed into place, then run by onnxruntime's CPU
-provider. The result is a `Classifier` whose `model` is an ONNX Runtime session behind
-the call signature the server uses (`model(**batch).logits`), so tokenizing, padding and
+The model is exported once per version to `model.onnx` (and quantized to
+`model.int8.onnx`: app/ml/serving_forms.py) when the version is published, in its folder
+before the folder is renamed into place, then run by onnxruntime's CPU provider. The
+result is a `Classifier` whose `model` is an ONNX Runtime session behind the call
+signature the server uses (`model(**batch).logits`), so tokenizing, padding and
 micro-batching stay exactly as they are. The logits match PyTorch's to about 1e-6
 (tests/bench/test_variants.py); `make bench` measures the speed (docs/benchmarks.md).
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -183,28 +183,15 @@ class OrtModel:
         return self
 
 
-def onnx_classifier(classifier: Classifier, folder: Path, threads: int | None = None) -> Classifier:
-    """`classifier` served by ONNX Runtime from the `model.onnx` its version was published
-    with. A published folder is read-only: a version without the file (its export failed,
-    or it was published under INFER_BACKEND=torch) raises OnnxUnavailable."""
-    path = folder / ONNX_FILE
+def onnx_classifier(
+    classifier: Classifier, folder: Path, threads: int | None = None, file: str = ONNX_FILE
+) -> Classifier:
+    """`classifier` served by ONNX Runtime from `file` (`model.onnx`, or the int8 form) of
+    the folder its version was published in. A published folder is read-only: a version
+    without the file (its export failed, or it was published under INFER_BACKEND=torch)
+    raises OnnxUnavailable."""
+    path = folder / file
     if not path.is_file():
-        raise OnnxUnavailable(f"{folder.name} was published without {ONNX_FILE}")
+        raise OnnxUnavailable(f"{folder.name} was published without {file}")
     model: Any = OrtModel(ort_session(path, threads))
     return replace(classifier, model=model)
-
-
-def export_for_serving(folder: Path, max_length: int) -> None:
-    """Write `folder/model.onnx` for a version being published, before its folder appears,
-    so that API processes only load it when they swap. Any failure (a folder that is not a
-    loadable classifier included) is logged, not raised: API processes then serve that
-    version with PyTorch, or refuse a folder they cannot load at all."""
-    from app.ml.modeling import load_classifier
-
-    start = time.perf_counter()
-    try:
-        used = export_onnx(load_classifier(folder, max_length), folder / ONNX_FILE)
-    except Exception as exc:  # publishing must not depend on the optional export
-        log.warning("no model.onnx for this version: %s", first_line(exc))
-        return
-    log.info("exported model.onnx (%s exporter, %.1f s)", used, time.perf_counter() - start)

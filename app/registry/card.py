@@ -57,6 +57,29 @@ def _pool_rows(pool: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
+def _form_rows(forms: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The serving forms built with the version, with their dev macro-F1
+    (app/ml/serving_forms.py)."""
+    if not forms:
+        return []
+    rows = []
+    for name in ("fp32", "int8"):
+        form = forms.get(name)
+        if not isinstance(form, dict):
+            continue
+        if "error" in form:
+            rows.append((f"serving form {name}", f"not built: {form['error']}"))
+            continue
+        f1 = form.get("dev_macro_f1")
+        scored = (
+            f"dev macro-F1 {f1} (ONNX Runtime, {forms.get('dev_n')} texts)" if f1 else "not scored"
+        )
+        rows.append((f"serving form {name}", f"`{form['file']}`, {scored}"))
+    if "int8_drop_points" in forms:
+        rows.append(("int8 drop", f"{forms['int8_drop_points']} macro-F1 points below fp32 on dev"))
+    return rows
+
+
 def model_card(
     settings: Settings,
     *,
@@ -67,6 +90,7 @@ def model_card(
     metrics: dict[str, Any],
     lineage: dict[str, Any],
     decision: str,
+    forms: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> str:
     """The README.md of a version folder: a Hugging Face model card (its front matter lets
@@ -91,6 +115,7 @@ def model_card(
         ("encoder layers", str(lineage.get("layers", "as the base model"))),
         *_pool_rows(lineage.get("pool")),
         *_promotion_rows(lineage.get("comparison")),
+        *_form_rows(forms),
         ("written", (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
     split_rows = [

@@ -63,11 +63,12 @@ def write_version(
     try:
         tmp.mkdir()
         save(tmp)
+        forms: dict[str, Any] | None = None
         if settings.infer_backend == "onnxruntime" and not (tmp / "model.onnx").is_file():
-            from app.ml.onnx_runtime import export_for_serving
+            from app.ml.serving_forms import build_forms
 
             # Here, once, before the folder appears: API processes only load it.
-            export_for_serving(tmp, settings.max_length)
+            forms = build_forms(tmp, settings.max_length, _dev_set(store))
         with store.session() as session:
             version = versions.create_version(
                 session,
@@ -89,6 +90,7 @@ def write_version(
             metrics=metrics,
             lineage=lineage,
             decision=decision,
+            forms=forms,
         )
         (tmp / MODEL_CARD_FILE).write_text(card)
         _fsync_tree(tmp)
@@ -101,6 +103,15 @@ def write_version(
         assert row is not None
         row.state = "ready"
     return version
+
+
+def _dev_set(store: Store) -> tuple[list[str], list[str]] | None:
+    """The gold dev set the serving forms are scored on (None where there is none)."""
+    from app.store.gold import load_split
+
+    with store.session() as session:
+        texts, labels = load_split(session, "dev")
+    return (texts, labels) if texts else None
 
 
 def _fsync_tree(folder: Path) -> None:

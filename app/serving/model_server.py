@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -23,8 +23,14 @@ from app.core.config import Settings
 from app.core.logs import request_id
 from app.ml.modeling import Classifier, load_classifier, quantize_int8
 from app.registry import version_dir
+from app.serving.batch_tuning import (
+    DEFAULT_MAX_TEXTS,
+    DEFAULT_MAX_TOKENS,
+    BatchBounds,
+    model_shape,
+)
 from app.serving.batching import failed_alone, plan_forward_passes, settle
-from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS
+from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS, show_served
 from app.store import versions
 from app.store.database import Store
 
@@ -59,9 +65,27 @@ _CANARY = "ok"
 
 
 @dataclass(frozen=True)
+class Loaded:
+    """A version ready to serve: the classifier, which form of it runs and why, and the
+    micro-batch bounds chosen for it."""
+
+    classifier: Classifier
+    form: str = "torch fp32"
+    form_reason: str = ""
+    bounds: BatchBounds = field(
+        default_factory=lambda: BatchBounds(DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, "default")
+    )
+
+
+@dataclass(frozen=True)
 class ServedModel:
     version: int
     classifier: Classifier
+    form: str = "torch fp32"
+    form_reason: str = ""
+    bounds: BatchBounds = field(
+        default_factory=lambda: BatchBounds(DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, "default")
+    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +107,8 @@ class _Pending:
     request_id: str = field(default_factory=request_id.get)
 
 
-Loader = Callable[[int], Classifier]
+# Tests load their own classifiers; the registry's loader also chooses form and bounds.
+Loader = Callable[[int], Classifier | Loaded]
 
 
 class ModelServer:
@@ -106,12 +131,12 @@ class ModelServer:
         self._closing = False
         # Tells a training job on this machine to pause while this process serves.
         self._beacon = ServingBeacon(settings.models_path)
+        self.processes, self.threads = settings.api_layout
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.settings.torch_threads > 0:
-            torch.set_num_threads(self.settings.torch_threads)
+        torch.set_num_threads(self.threads)
         await self.sync()
         self._tasks = [
             asyncio.create_task(self._batch_loop(), name="batcher"),
@@ -137,28 +162,98 @@ class ModelServer:
 
     # -- swapping -----------------------------------------------------------------------
 
-    def _load_from_registry(self, version: int) -> Classifier:
+    def _load_from_registry(self, version: int) -> Loaded:
         with self.store.session() as session:
             row = versions.get_version(session, version)
             if row is None or row.state != "ready":
                 raise RuntimeError(f"v{version} is not a ready version in the registry")
         folder = version_dir(self.settings, version)
         classifier = load_classifier(folder, self.settings.max_length)
+        form, reason = "torch fp32", "INFER_BACKEND=torch"
         if self.settings.infer_backend == "torch-int8":
             classifier = quantize_int8(classifier)
+            form, reason = "torch int8", "INFER_BACKEND=torch-int8 (not gated)"
         elif self.settings.infer_backend == "onnxruntime":
             from app.ml.onnx_runtime import OnnxUnavailable, onnx_classifier
+            from app.ml.serving_forms import choose_form
 
+            choice = choose_form(
+                folder, self.settings.infer_int8, self.settings.infer_int8_max_drop
+            )
             try:
-                classifier = onnx_classifier(classifier, folder, self.settings.torch_threads)
+                classifier = onnx_classifier(classifier, folder, self.threads, choice.file)
+                form, reason = f"onnxruntime {choice.form}", choice.reason
             except OnnxUnavailable as exc:
                 # The version itself is fine: serve it with PyTorch rather than refuse it.
                 log.warning(
                     "v%s: ONNX Runtime unavailable (%s); serving it with PyTorch", version, exc
                 )
+                reason = f"ONNX Runtime unavailable: {exc}"
         # Warm up so the first real request does not pay for lazy initialisation.
         classifier.logits(["warm-up text"])
-        return classifier
+        try:
+            bounds = self._bounds(classifier, model_shape(folder, self.settings.max_length), form)
+        except Exception as exc:  # a measurement that fails must not refuse a good version
+            log.warning(
+                "v%s: micro-batch bounds not measured (%s); using the defaults", version, exc
+            )
+            bounds = self._fixed_bounds()
+        log.info("v%s: serving %s (%s)", version, form, reason)
+        return Loaded(classifier, form, reason, bounds)
+
+    def _bounds(self, classifier: Classifier, shape: str, form: str) -> BatchBounds:
+        """The micro-batch bounds for this version: the settings', else measured (or
+        cached from an earlier measurement of this form on this CPU)."""
+        from app.serving.batch_tuning import tuned_bounds
+
+        fixed_texts, fixed_tokens = (
+            self.settings.infer_max_batch,
+            self.settings.infer_max_batch_tokens,
+        )
+        if (fixed_texts and fixed_tokens) or self.settings.infer_tune_seconds <= 0:
+            return self._fixed_bounds()
+        tuned = tuned_bounds(
+            classifier,
+            self._sample_texts(),
+            models_path=self.settings.models_path,
+            shape=shape,
+            form=form.replace(" ", "-"),
+            threads=self.threads,
+            seconds=self.settings.infer_tune_seconds,
+        )
+        if fixed_texts or fixed_tokens:  # one bound set, the other measured
+            return replace(
+                tuned,
+                max_texts=fixed_texts or tuned.max_texts,
+                max_tokens=fixed_tokens or tuned.max_tokens,
+                source=f"{tuned.source}, partly settings",
+            )
+        return tuned
+
+    def _fixed_bounds(self) -> BatchBounds:
+        """The bounds as set, the defaults where unset (nothing measured)."""
+        texts, tokens = self.settings.infer_max_batch, self.settings.infer_max_batch_tokens
+        return BatchBounds(
+            texts or DEFAULT_MAX_TEXTS,
+            tokens or DEFAULT_MAX_TOKENS,
+            "settings" if texts or tokens else "default",
+        )
+
+    def _sample_texts(self, count: int = 256) -> list[str]:
+        """Texts like those this process will serve: the store's newest, else gold."""
+        from sqlalchemy import select
+
+        from app.store.tables import GoldExample, PseudoLabel
+
+        with self.store.session() as session:
+            texts = list(
+                session.scalars(
+                    select(PseudoLabel.text).order_by(PseudoLabel.id.desc()).limit(count)
+                )
+            )
+            if len(texts) < count // 4:
+                texts += session.scalars(select(GoldExample.text).limit(count - len(texts)))
+        return texts
 
     async def sync(self) -> None:
         """Load the store's active version if it is not the one served."""
@@ -170,7 +265,7 @@ class ModelServer:
             if (self.current and self.current.version == wanted) or activation in self.refused:
                 return
             try:
-                classifier = await asyncio.get_running_loop().run_in_executor(
+                loaded = await asyncio.get_running_loop().run_in_executor(
                     None, self._loader, wanted
                 )
             except Exception as exc:
@@ -180,8 +275,13 @@ class ModelServer:
                 log.error("refused model v%s (%s); still serving %s", wanted, reason, kept)
                 await asyncio.to_thread(self._record_refusal, wanted, reason)
                 return
+            if not isinstance(loaded, Loaded):  # a loader of tests: bounds as set
+                loaded = Loaded(loaded, bounds=self._fixed_bounds())
             previous = self.current
-            self.current = ServedModel(wanted, classifier)
+            self.current = ServedModel(
+                wanted, loaded.classifier, loaded.form, loaded.form_reason, loaded.bounds
+            )
+            show_served(wanted, loaded.form, loaded.bounds.max_texts, loaded.bounds.max_tokens)
             log.info(
                 "now serving v%s (was %s)", wanted, f"v{previous.version}" if previous else "none"
             )
@@ -235,10 +335,11 @@ class ModelServer:
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         max_wait = self.settings.infer_max_wait_ms / 1000
-        limit = self.settings.infer_max_batch
         last_gathered = 1
         while True:
             pending = [await self._queue.get()]
+            # The bound of the model serving now (it changes with a swap).
+            limit = self.current.bounds.max_texts if self.current else DEFAULT_MAX_TEXTS
             count = len(pending[0].texts)
             # Take what queued while the last pass ran; wait for more only when the last
             # batch gathered several requests: concurrent clients are about to send again,
@@ -326,8 +427,8 @@ class ModelServer:
         encoded = classifier.encode(texts)
         passes = plan_forward_passes(
             [len(ids) for ids in encoded["input_ids"]],
-            self.settings.infer_max_batch,
-            self.settings.infer_max_batch_tokens,
+            served.bounds.max_texts,
+            served.bounds.max_tokens,
         )
         out: list[Scored | None] = [None] * len(texts)
         for rows in passes:

@@ -109,5 +109,5 @@ class StoreWriter:
             settle([item.future], [len(item.predictions)], outcome)
 
     def _commit(self, batch: list[_Write]) -> list[int]:
-        with self.store.session() as session:
-            return insert_predictions(session, [p for item in batch for p in item.predictions])
+        with self.store.transaction() as conn:
+            return insert_predictions(conn, [p for item in batch for p in item.predictions])

@@ -1,20 +1,27 @@
 """Prometheus metrics of an API process.
 
-Two kinds: what this process does (requests, micro-batches, its queue, the confidence of
-its answers) is counted as it happens in the process-wide registry; what the store holds
-(pseudo-labels, jobs, the active model) is read at scrape time by `StoreCollector`, from
-cheap queries cached for a few seconds, so a scrape never scans a big table.
+Two kinds: what the API processes do (requests, micro-batches, queues, the confidence of
+their answers) is counted as it happens; what the store holds (pseudo-labels, jobs, the
+active model) is read at scrape time by `StoreCollector`, from cheap queries cached for a
+few seconds, so a scrape never scans a big table.
+
+Several API processes behind one port (API_PROCESSES) share their counts through
+prometheus_client's multiprocess mode: `pfp api` points PROMETHEUS_MULTIPROC_DIR at a fresh
+folder before the processes start, each writes its figures there, and whichever process
+answers a scrape reports them all (counters summed; what each process serves, per `pid`).
+The process_* figures of the process collector are not reported in that mode.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
@@ -42,7 +49,24 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 TEXTS_LABELED = Counter("pfp_texts_labeled_total", "Texts labeled and stored", ["model_version"])
-SERVED_VERSION = Gauge("pfp_served_model_version", "Model version this process serves")
+SERVED_VERSION = Gauge(
+    "pfp_served_model_version", "Model version this process serves", multiprocess_mode="liveall"
+)
+SERVED_FORM = Gauge(
+    "pfp_served_form",
+    "1 for the form of the model this process serves (onnxruntime int8, onnxruntime fp32, "
+    "torch fp32, torch int8)",
+    ["form"],
+    multiprocess_mode="liveall",
+)
+BATCH_BOUND = Gauge(
+    "pfp_inference_batch_bound",
+    "The micro-batch bounds this process serves with (texts, tokens per forward pass): "
+    "measured for the model when loaded, or set",
+    ["bound"],
+    multiprocess_mode="liveall",
+)
+SERVED_FORMS = ("onnxruntime int8", "onnxruntime fp32", "torch fp32", "torch int8")
 BATCH_TEXTS = Histogram(
     "pfp_inference_batch_texts",
     "Texts per forward pass of the model server's micro-batcher",
@@ -51,9 +75,12 @@ BATCH_TEXTS = Histogram(
 QUEUE_TEXTS = Gauge(
     "pfp_inference_queue_texts",
     "Texts accepted by the model server and not yet answered (INFER_QUEUE_LIMIT bounds it)",
+    multiprocess_mode="livesum",
 )
 WRITER_PENDING = Gauge(
-    "pfp_store_writer_pending_requests", "Requests whose pseudo-labels wait to be committed"
+    "pfp_store_writer_pending_requests",
+    "Requests whose pseudo-labels wait to be committed",
+    multiprocess_mode="livesum",
 )
 ISOLATED_FAILURES = Counter(
     "pfp_isolated_failures_total",
@@ -246,11 +273,26 @@ class StoreCollector(Collector):
             )
 
 
+def show_served(version: int, form: str, max_texts: int, max_tokens: int) -> None:
+    """Set this process's served-model gauges (after a load or a swap)."""
+    SERVED_VERSION.set(version)
+    for name in {*SERVED_FORMS, form}:
+        SERVED_FORM.labels(name).set(1 if name == form else 0)
+    BATCH_BOUND.labels("texts").set(max_texts)
+    BATCH_BOUND.labels("tokens").set(max_tokens)
+
+
 class _ProcessMetrics(Collector):
-    """The process-wide registry (request counters, batches, queue, process_*)."""
+    """The API processes' figures: this process's registry, or, with several processes,
+    what all of them wrote to PROMETHEUS_MULTIPROC_DIR."""
 
     def collect(self) -> Iterator[Metric]:
-        yield from REGISTRY.collect()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            shared = CollectorRegistry()
+            multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
+            yield from shared.collect()
+        else:
+            yield from REGISTRY.collect()
 
 
 def metrics_registry(store: Store) -> CollectorRegistry:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.store.migrations import upgrade_to_head
@@ -55,6 +55,13 @@ class Store:
         """A transaction: committed on success, rolled back on any error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A transaction on a plain connection (no ORM session): committed on success,
+        rolled back on any error. For the hot path of /label's store writer."""
+        with self.engine.begin() as conn:
+            yield conn
 
     def ping(self) -> bool:
         try:

@@ -254,6 +254,13 @@ def test_health_ready_and_metrics(api):
     metrics = api.get("/metrics").text
     assert 'pfp_http_requests_total{method="POST",route="/label",status="200"}' in metrics
     assert "pfp_served_model_version 1.0" in metrics
+    # Which form serves, and with which micro-batch bounds: in the metrics and the API.
+    active = api.get("/models/active").json()
+    form, bounds = active["served_form"], active["batching"]
+    assert f'pfp_served_form{{form="{form}"}} 1.0' in metrics
+    assert f'pfp_inference_batch_bound{{bound="texts"}} {float(bounds["max_texts"])}' in metrics
+    assert active["served_form_reason"] and bounds["source"] in ("measured", "cached")
+    assert active["process"]["pid"] > 0
 
 
 def test_not_ready_without_a_model(settings: Settings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,36 @@ def test_quick_bench_runs_every_part(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
-    assert {"ceiling", "naive", "service", "swap", "while_training", "training"} <= set(results)
+    parts = {"ceiling", "naive", "service", "swap", "while_training", "training", "tuning"}
+    assert parts <= set(results)
     forms = results["ceiling"]["forms"]
     student = ["student 1 of 2 layers, fp32", "student 1 of 2 layers, onnxruntime"]  # tiny BERT
-    assert {"fp32", "int8", "torch.compile", "onnxruntime", *student} == set(forms)
+    assert {
+        "fp32",
+        "int8",
+        "torch bf16",
+        "torch.compile",
+        "onnxruntime",
+        "onnxruntime int8",
+        *student,
+    } == set(forms)
+    # The machine's ceiling: every layout of processes x threads, for the served form.
+    ceiling = results["ceiling"]
+    layouts = {
+        (r["processes"], r["threads"]) for r in ceiling["layouts"][ceiling["served"]]["rows"]
+    }
+    assert {(1, os.cpu_count()), (os.cpu_count(), 1)} <= layouts
+    assert ceiling["best_texts_per_s"] == max(
+        r["texts_per_s"] for r in ceiling["layouts"][ceiling["served"]]["rows"]
+    )
+    assert ceiling["forms_record"]["dev_n"] > 0
+    # Self-tuned bounds against fixed ones, a fresh API each, every request answered.
+    tuning = results["tuning"]["rows"]
+    assert {row["batching"]["source"] for row in tuning if row["setting"].startswith("fixed")} == {
+        "settings"
+    }
+    assert all(row["failed"] == 0 and row["texts_per_s"] > 0 for row in tuning)
+    assert "self-tuned / best fixed bounds (texts/s)" in {g["goal"] for g in results["goals"]}
     for name in ("fp32", "int8"):
         assert forms[name]["best_texts_per_s"] > 0 and 0 <= forms[name]["test_macro_f1"] <= 1
     # The half-depth student's speed is measured in the same run; its quality is not

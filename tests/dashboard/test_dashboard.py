@@ -387,3 +387,15 @@ def test_dashboard_in_chromium(live_server: LiveServer, tmp_path: Path):
     results.mkdir(exist_ok=True)
     shutil.copy(shot, results / "dashboard.png")
     assert errors == [], errors
+
+
+def test_active_fragment_says_which_form_serves_and_its_bounds(client: TestClient):
+    """What runs the model in this process, why, and its micro-batch bounds, as
+    /models/active says."""
+    admin = {"X-API-Key": ADMIN_KEY}
+    active = client.get("/models/active", headers=admin).json()
+    fragment = client.get("/dashboard/fragments/active", headers=admin).text
+    assert f'data-served-form="{active["served_form"]}"' in fragment
+    assert active["served_form_reason"] in fragment
+    bounds = active["batching"]
+    assert f"up to {bounds['max_texts']} texts, {bounds['max_tokens']} tokens" in fragment

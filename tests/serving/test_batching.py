@@ -181,10 +181,11 @@ def test_a_version_without_its_onnx_export_serves_with_torch_untouched(
     published_copy: Settings, caplog: pytest.LogCaptureFixture
 ):
     """A published folder is never written again: an API process serves a version that
-    lacks model.onnx with PyTorch instead of exporting it into the live folder."""
+    lacks its ONNX forms with PyTorch instead of exporting them into the live folder."""
     texts = ["@united lost my bag", "great crew, thanks", "ok"]
     folder = version_dir(published_copy, 1)
     (folder / "model.onnx").unlink()
+    (folder / "model.int8.onnx").unlink()
     before = sorted(p.name for p in folder.iterdir())
     served = _scores(published_copy, texts)
     assert sorted(p.name for p in folder.iterdir()) == before

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict
+
 from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ADMIN, READER, ServerDep, SettingsDep, StoreDep
 from app.api.errors import Conflict, NotFound
-from app.api.schemas import MAX_VERSION, ActiveModelView, ModelView
+from app.api.schemas import MAX_VERSION, ActiveModelView, BatchingView, ModelView
 from app.registry import NotServable, UnknownVersion, activate
 from app.store import versions
 from app.store.database import Store
@@ -40,8 +43,20 @@ def active_model(store: StoreDep, server: ServerDep) -> ActiveModelView:
         active = versions.active_version(session)
         row = versions.get_version(session, active) if active is not None else None
         model = _view(row, active) if row else None
-    served = server.current.version if server.current else None
-    return ActiveModelView(version=active, served_version=served, model=model)
+    current = server.current
+    return ActiveModelView(
+        version=active,
+        served_version=current.version if current else None,
+        served_form=current.form if current else None,
+        served_form_reason=current.form_reason if current else None,
+        batching=BatchingView.model_validate(asdict(current.bounds)) if current else None,
+        process={
+            "pid": os.getpid(),
+            "api_processes": server.processes,
+            "threads": server.threads,
+        },
+        model=model,
+    )
 
 
 @router.post("/models/{version}/activate", response_model=ModelView, dependencies=ADMIN)

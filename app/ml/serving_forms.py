@@ -1,0 +1,202 @@
+"""The forms a version can be served in, built once when it is published, and which one an
+API process serves.
+
+Publishing writes, into the version's temporary folder before it is renamed into place:
+- `model.onnx`: the fp32 ONNX export (app/ml/onnx_runtime.py);
+- `model.int8.onnx`: the same graph through ONNX Runtime's dynamic quantization of its
+  matrix products (int8 weights per output channel, activations quantized per batch as
+  they come; the embeddings stay fp32);
+- `serving_forms.json`: both forms scored on the gold dev set by ONNX Runtime, the drop of
+  int8's macro-F1 from fp32's, and how long each took to build.
+
+An API process serves int8 only where that drop is within INFER_INT8_MAX_DROP points
+(default 0.5), and says which form it serves and why (`GET /models/active`, the dashboard,
+`pfp_served_form` in the metrics).
+
+Why this quantization (docs/benchmarks.md, "Serving forms"): on two fully trained models of
+the demo data (the first model at MAX_LENGTH 128 and at 64), quantizing only the MatMuls
+per output channel lost 0.27 and 0.12 point of dev macro-F1 at 1.6-2.0x fp32's speed.
+ONNX Runtime's default also quantizes the embedding tables (a lookup, which int8 does not
+speed up) and lost 0.41 and 0.68; per-tensor weights lost 0.96 on the first; uint8
+weights lost 0.26 but ran no faster than fp32 on this CPU (AVX-512 VNNI). Static
+quantization (calibrated activations) was not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from app.ml.modeling import Classifier
+
+log = logging.getLogger(__name__)
+
+FORMS_FILE = "serving_forms.json"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+# The quantization every new version's int8 form is built with (what the gate judges).
+INT8_METHOD = {
+    "kind": "dynamic",
+    "weights": "QInt8",
+    "per_channel": True,
+    "reduce_range": False,
+    "ops": ["MatMul"],
+}
+
+Int8Policy = Literal["gated", "never", "always"]
+
+
+def quantize_onnx(source: Path, target: Path) -> None:
+    """`target`: `source` with its MatMul weights quantized to int8 per output channel."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        source,
+        target,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def dev_macro_f1(
+    classifier: Classifier, onnx_file: Path, dev: tuple[list[str], list[str]]
+) -> float:
+    """Macro-F1 on the dev set of `classifier` served by ONNX Runtime from `onnx_file`."""
+    from dataclasses import replace
+
+    from app.ml.onnx_runtime import OrtModel, ort_session
+    from app.ml.training import evaluate
+
+    model: Any = OrtModel(ort_session(onnx_file))
+    texts, labels = dev
+    return float(evaluate(replace(classifier, model=model), texts, labels)["macro_f1"])
+
+
+def build_forms(
+    folder: Path, max_length: int, dev: tuple[list[str], list[str]] | None
+) -> dict[str, Any]:
+    """Export, quantize and score the serving forms of the model in `folder` (a version
+    being published), and write `serving_forms.json`. Returns what it wrote.
+
+    Nothing here is allowed to fail the publication: a form that cannot be built is
+    recorded with the reason, and API processes then serve a form that was built (or
+    PyTorch, where neither was).
+    """
+    from app.ml.modeling import load_classifier
+    from app.ml.onnx_runtime import export_onnx, first_line
+
+    record: dict[str, Any] = {"dev_n": len(dev[0]) if dev else 0}
+    try:
+        classifier = load_classifier(folder, max_length)
+    except Exception as exc:
+        record["error"] = f"not a loadable classifier: {first_line(exc)}"
+        log.warning("no serving forms for this version: %s", record["error"])
+        return _write(folder, record)
+    start = time.perf_counter()
+    try:
+        used = export_onnx(classifier, folder / FP32_FILE)
+    except Exception as exc:
+        record["fp32"] = {"error": first_line(exc)}
+        log.warning("no %s for this version: %s", FP32_FILE, first_line(exc))
+        return _write(folder, record)
+    record["fp32"] = {
+        "file": FP32_FILE,
+        "exporter": used,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    start = time.perf_counter()
+    try:
+        quantize_onnx(folder / FP32_FILE, folder / INT8_FILE)
+        record["int8"] = {
+            "file": INT8_FILE,
+            "method": INT8_METHOD,
+            "build_seconds": round(time.perf_counter() - start, 1),
+        }
+    except Exception as exc:
+        (folder / INT8_FILE).unlink(missing_ok=True)
+        record["int8"] = {"error": first_line(exc)}
+        log.warning("no int8 form for this version: %s", first_line(exc))
+    if not dev or not dev[0]:
+        record["note"] = "no gold dev set: the forms were not scored"
+        return _write(folder, record)
+    for name in ("fp32", "int8"):
+        form = record[name]
+        if "error" in form:
+            continue
+        start = time.perf_counter()
+        try:
+            form["dev_macro_f1"] = round(dev_macro_f1(classifier, folder / form["file"], dev), 5)
+            form["score_seconds"] = round(time.perf_counter() - start, 1)
+        except Exception as exc:
+            form["error"] = f"could not be scored: {first_line(exc)}"
+    f1_fp32 = record["fp32"].get("dev_macro_f1")
+    f1_int8 = record["int8"].get("dev_macro_f1")
+    if f1_fp32 is not None and f1_int8 is not None:
+        record["int8_drop_points"] = round(100 * (f1_fp32 - f1_int8), 2)
+    log.info(
+        "serving forms: fp32 dev macro-F1 %s, int8 %s (drop %s points)",
+        f1_fp32,
+        f1_int8,
+        record.get("int8_drop_points"),
+    )
+    return _write(folder, record)
+
+
+def _write(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    (folder / FORMS_FILE).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def read_forms(folder: Path) -> dict[str, Any] | None:
+    """What publishing recorded of `folder`'s forms (None for a version published before
+    forms were recorded, or without the file)."""
+    path = folder / FORMS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class FormChoice:
+    """Which ONNX file of a version to serve, and why."""
+
+    form: Literal["fp32", "int8"]
+    file: str
+    reason: str
+
+
+def choose_form(folder: Path, policy: Int8Policy, max_drop_points: float) -> FormChoice:
+    """int8 where it was built and (policy "gated") its dev macro-F1 is at most
+    `max_drop_points` below fp32's; else fp32."""
+    forms = read_forms(folder)
+    if policy == "never":
+        return FormChoice("fp32", FP32_FILE, "INFER_INT8=never")
+    if forms is None or not (folder / INT8_FILE).is_file():
+        return FormChoice("fp32", FP32_FILE, "published without an int8 form")
+    if policy == "always":
+        return FormChoice("int8", INT8_FILE, "INFER_INT8=always (not gated)")
+    drop = forms.get("int8_drop_points")
+    if drop is None:
+        why = forms.get("note") or forms.get("int8", {}).get("error") or "int8 was not scored"
+        return FormChoice("fp32", FP32_FILE, f"{why}: int8 not served unscored")
+    if drop > max_drop_points:
+        return FormChoice(
+            "fp32",
+            FP32_FILE,
+            f"int8 dev macro-F1 {drop:.2f} points below fp32 (limit {max_drop_points:g})",
+        )
+    return FormChoice(
+        "int8",
+        INT8_FILE,
+        f"int8 dev macro-F1 within {max_drop_points:g} points of fp32 ({drop:+.2f} drop)",
+    )

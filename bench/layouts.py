@@ -1,0 +1,113 @@
+"""The machine's serving ceiling: the bare forward pass of a served form in every layout of
+processes x threads that fits the cores, all processes running at once.
+
+One process's best batch is not the machine's ceiling: on 2 cores two processes of one
+thread each outran one process of two threads (issue 16), because a small encoder's pass
+on a micro-batch does not keep two threads busy. So the ceiling the bench holds the
+service to is the best of these layouts, for the form the service actually serves.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+
+def layouts(cores: int) -> list[tuple[int, int]]:
+    """(processes, threads each) that use all `cores`: 1 x cores, ..., cores x 1."""
+    return [(p, cores // p) for p in range(1, cores + 1) if cores % p == 0]
+
+
+def _one_process(
+    folder: str,
+    file: str,
+    max_length: int,
+    texts: list[str],
+    batches: list[int],
+    threads: int,
+    start_at: float,
+    seconds: float,
+) -> list[float]:
+    """In a child: load the form, then for each batch, from its common start time (so
+    that all processes of the layout run together), texts/s for `seconds`."""
+    import torch
+
+    from app.ml.modeling import load_classifier
+    from app.ml.onnx_runtime import onnx_classifier
+
+    torch.set_num_threads(threads)
+    model = load_classifier(Path(folder), max_length)
+    classifier = onnx_classifier(model, Path(folder), threads, file)
+    classifier.logits(texts[: max(batches)])
+    speeds = []
+    for n, batch in enumerate(batches):
+        time.sleep(max(0.0, start_at + n * (seconds + 1.0) - time.time()))
+        done, i = 0, 0
+        began = time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            classifier.logits([texts[(i + k) % len(texts)] for k in range(batch)])
+            done += batch
+            i += batch
+        speeds.append(done / (time.perf_counter() - began))
+    return speeds
+
+
+def measure_layouts(
+    folder: Path,
+    file: str,
+    max_length: int,
+    texts: list[str],
+    cores: int,
+    batches: list[int],
+    seconds: float,
+) -> dict[str, Any]:
+    """Texts/s of `folder/file` (an ONNX form) per layout and batch, all processes of a
+    layout at once; the best layout and batch."""
+    rows: list[dict[str, Any]] = []
+    context = multiprocessing.get_context("spawn")
+    for processes, threads in layouts(cores):
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            # Starting a process and loading takes seconds: they start measuring together.
+            start_at = time.time() + 10.0
+            futures = [
+                pool.submit(
+                    _one_process,
+                    str(folder),
+                    file,
+                    max_length,
+                    texts,
+                    batches,
+                    threads,
+                    start_at,
+                    seconds,
+                )
+                for _ in range(processes)
+            ]
+            speeds = [f.result() for f in futures]
+        for n, batch in enumerate(batches):
+            rows.append(
+                {
+                    "processes": processes,
+                    "threads": threads,
+                    "batch": batch,
+                    "texts_per_s": round(sum(s[n] for s in speeds), 1),
+                }
+            )
+    best = max(rows, key=lambda r: r["texts_per_s"])
+    return {"rows": rows, "best": best}
+
+
+def batch1_alone(
+    folder: Path, file: str, max_length: int, texts: list[str], threads: int, seconds: float
+) -> float:
+    """Milliseconds of one batch-1 forward pass (tokenizing included) of one process with
+    `threads` threads, nothing else running: the pass a lone /label request waits for."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        speed = pool.submit(
+            _one_process, str(folder), file, max_length, texts, [1], threads, time.time(), seconds
+        ).result()[0]
+    return round(1000 / speed, 2)
