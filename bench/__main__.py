@@ -239,10 +239,12 @@ class Bench:
             run_load([self.url], "/label", self.texts, 8, 1.0, headers=HEADERS)  # warm-up
         return self.url
 
-    def load(self, path: str, concurrency: int, batch: int = 0, **kw: Any) -> LoadResult:
-        return run_load(
-            [self.api()], path, self.texts, concurrency, self.seconds, batch, HEADERS, **kw
-        )
+    def load(
+        self, path: str, concurrency: int, batch: int = 0, url: str | None = None, **kw: Any
+    ) -> LoadResult:
+        """`path` under load from the bench's API (or `url`) for the usual time."""
+        urls = [url or self.api()]
+        return run_load(urls, path, self.texts, concurrency, self.seconds, batch, HEADERS, **kw)
 
     # -- 1 ----------------------------------------------------------------------------
 
@@ -473,15 +475,12 @@ class Bench:
             try:
                 run_load([url], "/label", self.texts, 8, 1.0, headers=HEADERS)  # warm-up
                 active = httpx.get(f"{url}/models/active", headers=HEADERS).json()
-                row = self.load_at(url, "/label", self.conc).summary()
+                row = self.load("/label", self.conc, url=url).summary()
                 row |= {"setting": name, "batching": active["batching"], **active["process"]}
                 rows.append(row)
             finally:
                 self.service.stop_one(proc)
         return {"rows": rows}
-
-    def load_at(self, url: str, path: str, concurrency: int) -> LoadResult:
-        return run_load([url], path, self.texts, concurrency, self.seconds, 0, HEADERS)
 
     # -- 6 ----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ def _one_process(
 
     from app.ml.modeling import load_classifier
     from app.ml.onnx_runtime import onnx_classifier
+    from bench.forms import measure_ceiling
 
     torch.set_num_threads(threads)
     model = load_classifier(Path(folder), max_length)
@@ -45,13 +46,7 @@ def _one_process(
     speeds = []
     for n, batch in enumerate(batches):
         time.sleep(max(0.0, start_at + n * (seconds + 1.0) - time.time()))
-        done, i = 0, 0
-        began = time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            classifier.logits([texts[(i + k) % len(texts)] for k in range(batch)])
-            done += batch
-            i += batch
-        speeds.append(done / (time.perf_counter() - began))
+        speeds.append(measure_ceiling(classifier, texts, [batch], seconds)[batch]["texts_per_s"])
     return speeds
 
 

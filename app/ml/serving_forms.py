@@ -39,7 +39,7 @@ FORMS_FILE = "serving_forms.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 # The quantization every new version's int8 form is built with (what the gate judges).
-INT8_METHOD = {
+INT8_METHOD: dict[str, Any] = {
     "kind": "dynamic",
     "weights": "QInt8",
     "per_channel": True,
@@ -57,25 +57,25 @@ def quantize_onnx(source: Path, target: Path) -> None:
     quantize_dynamic(
         source,
         target,
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        reduce_range=False,
-        weight_type=QuantType.QInt8,
+        op_types_to_quantize=INT8_METHOD["ops"],
+        per_channel=INT8_METHOD["per_channel"],
+        reduce_range=INT8_METHOD["reduce_range"],
+        weight_type=getattr(QuantType, INT8_METHOD["weights"]),
     )
 
 
 def dev_macro_f1(
-    classifier: Classifier, onnx_file: Path, dev: tuple[list[str], list[str]]
+    classifier: Classifier, folder: Path, file: str, dev: tuple[list[str], list[str]]
 ) -> float:
-    """Macro-F1 on the dev set of `classifier` served by ONNX Runtime from `onnx_file`."""
-    from dataclasses import replace
-
-    from app.ml.onnx_runtime import OrtModel, ort_session
+    """Macro-F1 on the dev set of `classifier` served by ONNX Runtime from `folder/file`,
+    as an API process would serve it."""
+    from app.ml.onnx_runtime import onnx_classifier
     from app.ml.training import evaluate
 
-    model: Any = OrtModel(ort_session(onnx_file))
     texts, labels = dev
-    return float(evaluate(replace(classifier, model=model), texts, labels)["macro_f1"])
+    return float(
+        evaluate(onnx_classifier(classifier, folder, None, file), texts, labels)["macro_f1"]
+    )
 
 
 def build_forms(
@@ -131,7 +131,7 @@ def build_forms(
             continue
         start = time.perf_counter()
         try:
-            form["dev_macro_f1"] = round(dev_macro_f1(classifier, folder / form["file"], dev), 5)
+            form["dev_macro_f1"] = round(dev_macro_f1(classifier, folder, form["file"], dev), 5)
             form["score_seconds"] = round(time.perf_counter() - start, 1)
         except Exception as exc:
             form["error"] = f"could not be scored: {first_line(exc)}"
@@ -178,9 +178,9 @@ class FormChoice:
 def choose_form(folder: Path, policy: Int8Policy, max_drop_points: float) -> FormChoice:
     """int8 where it was built and (policy "gated") its dev macro-F1 is at most
     `max_drop_points` below fp32's; else fp32."""
-    forms = read_forms(folder)
     if policy == "never":
         return FormChoice("fp32", FP32_FILE, "INFER_INT8=never")
+    forms = read_forms(folder)
     if forms is None or not (folder / INT8_FILE).is_file():
         return FormChoice("fp32", FP32_FILE, "published without an int8 form")
     if policy == "always":

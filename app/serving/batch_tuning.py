@@ -25,7 +25,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def tuned_bounds(
     classifier: Classifier,
-    texts: Sequence[str],
+    texts: Callable[[], Sequence[str]],
     *,
     models_path: Path,
     shape: str,
@@ -176,13 +176,14 @@ def tuned_bounds(
     threads: int,
     seconds: float,
 ) -> BatchBounds:
-    """The cached bounds of (model shape, form, CPU, threads), else measured now and cached."""
+    """The cached bounds of (model shape, form, CPU, threads), else measured now on
+    `texts()` (read only then) and cached."""
     cache = models_path / TUNING_FOLDER / f"{shape}-{form}-{cpu_key(threads)}.json"
     with _locked(cache.with_suffix(".lock")):
         with contextlib.suppress(OSError, ValueError, TypeError):
             data: dict[str, Any] = json.loads(cache.read_text())
             return BatchBounds(**{**data, "source": "cached"})
-        bounds = measure(classifier, texts, seconds)
+        bounds = measure(classifier, texts(), seconds)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(asdict(bounds)))
         os.replace(tmp, cache)

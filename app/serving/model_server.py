@@ -28,6 +28,7 @@ from app.serving.batch_tuning import (
     DEFAULT_MAX_TOKENS,
     BatchBounds,
     model_shape,
+    tuned_bounds,
 )
 from app.serving.batching import failed_alone, plan_forward_passes, settle
 from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS, show_served
@@ -65,20 +66,10 @@ _CANARY = "ok"
 
 
 @dataclass(frozen=True)
-class Loaded:
+class ServedModel:
     """A version ready to serve: the classifier, which form of it runs and why, and the
     micro-batch bounds chosen for it."""
 
-    classifier: Classifier
-    form: str = "torch fp32"
-    form_reason: str = ""
-    bounds: BatchBounds = field(
-        default_factory=lambda: BatchBounds(DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, "default")
-    )
-
-
-@dataclass(frozen=True)
-class ServedModel:
     version: int
     classifier: Classifier
     form: str = "torch fp32"
@@ -108,7 +99,7 @@ class _Pending:
 
 
 # Tests load their own classifiers; the registry's loader also chooses form and bounds.
-Loader = Callable[[int], Classifier | Loaded]
+Loader = Callable[[int], Classifier | ServedModel]
 
 
 class ModelServer:
@@ -162,7 +153,7 @@ class ModelServer:
 
     # -- swapping -----------------------------------------------------------------------
 
-    def _load_from_registry(self, version: int) -> Loaded:
+    def _load_from_registry(self, version: int) -> ServedModel:
         with self.store.session() as session:
             row = versions.get_version(session, version)
             if row is None or row.state != "ready":
@@ -199,13 +190,11 @@ class ModelServer:
             )
             bounds = self._fixed_bounds()
         log.info("v%s: serving %s (%s)", version, form, reason)
-        return Loaded(classifier, form, reason, bounds)
+        return ServedModel(version, classifier, form, reason, bounds)
 
     def _bounds(self, classifier: Classifier, shape: str, form: str) -> BatchBounds:
         """The micro-batch bounds for this version: the settings', else measured (or
         cached from an earlier measurement of this form on this CPU)."""
-        from app.serving.batch_tuning import tuned_bounds
-
         fixed_texts, fixed_tokens = (
             self.settings.infer_max_batch,
             self.settings.infer_max_batch_tokens,
@@ -214,7 +203,7 @@ class ModelServer:
             return self._fixed_bounds()
         tuned = tuned_bounds(
             classifier,
-            self._sample_texts(),
+            self._sample_texts,
             models_path=self.settings.models_path,
             shape=shape,
             form=form.replace(" ", "-"),
@@ -275,12 +264,10 @@ class ModelServer:
                 log.error("refused model v%s (%s); still serving %s", wanted, reason, kept)
                 await asyncio.to_thread(self._record_refusal, wanted, reason)
                 return
-            if not isinstance(loaded, Loaded):  # a loader of tests: bounds as set
-                loaded = Loaded(loaded, bounds=self._fixed_bounds())
+            if not isinstance(loaded, ServedModel):  # a loader of tests: bounds as set
+                loaded = ServedModel(wanted, loaded, bounds=self._fixed_bounds())
             previous = self.current
-            self.current = ServedModel(
-                wanted, loaded.classifier, loaded.form, loaded.form_reason, loaded.bounds
-            )
+            self.current = loaded
             show_served(wanted, loaded.form, loaded.bounds.max_texts, loaded.bounds.max_tokens)
             log.info(
                 "now serving v%s (was %s)", wanted, f"v{previous.version}" if previous else "none"

@@ -112,9 +112,9 @@ def test_tuning_is_cached_per_model_shape_form_and_cpu(published_copy: Settings)
     texts = [t for t, _ in synthetic_texts(32, 4)]
     shape = model_shape(version_dir(published_copy, 1), published_copy.max_length)
     kw = {"models_path": published_copy.models_path, "shape": shape, "threads": 1, "seconds": 0.5}
-    first = tuned_bounds(classifier, texts, form="onnxruntime-int8", **kw)  # type: ignore[arg-type]
-    again = tuned_bounds(classifier, texts, form="onnxruntime-int8", **kw)  # type: ignore[arg-type]
-    other = tuned_bounds(classifier, texts, form="onnxruntime-fp32", **kw)  # type: ignore[arg-type]
+    first = tuned_bounds(classifier, lambda: texts, form="onnxruntime-int8", **kw)  # type: ignore[arg-type]
+    again = tuned_bounds(classifier, lambda: texts, form="onnxruntime-int8", **kw)  # type: ignore[arg-type]
+    other = tuned_bounds(classifier, lambda: texts, form="onnxruntime-fp32", **kw)  # type: ignore[arg-type]
     assert (first.source, again.source, other.source) == ("measured", "cached", "measured")
     assert (again.max_texts, again.max_tokens) == (first.max_texts, first.max_tokens)
 
