@@ -40,6 +40,7 @@ from app.registry import publish, version_dir
 from app.store import versions
 from app.store.database import Store
 from app.store.gold_files import demo_gold
+from bench.cpu_split import cpu_per_request
 from bench.forms import log
 from bench.layouts import batch1_alone, layouts, measure_layouts
 from bench.load import LoadResult, run_load
@@ -66,6 +67,7 @@ class Service:
         self.env = env
         self.out = out
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.api_pids: dict[str, int] = {}  # url -> the pid of `pfp api` serving it
 
     def start(
         self, name: str, *args: str, prefix: Sequence[str] = (), **env: str
@@ -93,6 +95,7 @@ class Service:
                 raise RuntimeError(f"api exited; see {self.out}/api-{port}.log")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    self.api_pids[url] = proc.pid
                     return url
             except httpx.HTTPError:
                 pass
@@ -349,7 +352,16 @@ class Bench:
         log("3. our service: /label and /label/batch per concurrency")
         rows: dict[str, list[dict[str, Any]]] = {"/label": [], "/label/batch": []}
         for c in [1, 8] if self.quick else [1, 8, 32, 64]:
-            rows["/label"].append(self.load("/label", c).summary())
+            if c == self.conc:
+                # What each request costs the cores beside the forward pass, by thread.
+                load, split = cpu_per_request(
+                    self.service.api_pids[self.api()],
+                    lambda: self.load("/label", self.conc),
+                    lambda load: load.ok,
+                )
+                rows["/label"].append({**load.summary(), "cpu_ms_per_request": split})
+            else:
+                rows["/label"].append(self.load("/label", c).summary())
             rows["/label/batch"].append(self.load("/label/batch", c, batch=16).summary())
         return rows
 
@@ -631,6 +643,23 @@ def render(r: dict[str, Any]) -> str:
             f"- served: {r['ceiling']['served']} ({r['ceiling']['served_reason']}); dev "
             f"macro-F1 fp32 {record.get('fp32', {}).get('dev_macro_f1')}, int8 "
             f"{record.get('int8', {}).get('dev_macro_f1')} ({record.get('dev_n')} texts)",
+            "",
+        ]
+    split_row = next(
+        (row for row in r.get("service", {}).get("/label", []) if "cpu_ms_per_request" in row),
+        None,
+    )
+    if split_row:
+        split = split_row["cpu_ms_per_request"]
+        parts = ", ".join(f"{k} {v}" for k, v in split.items() if k != "server total")
+        cores = r["machine"]["cpus"]
+        # Were the cores busy with nothing else, what this much CPU per request allows.
+        bound = round(1000 * cores / (split["server total"] + split["load client"]), 1)
+        extra += [
+            f"- CPU per /label request at concurrency {split_row['concurrency']} (ms, every "
+            f"thread of every API process, and the client): {parts}; server total "
+            f"{split['server total']}. {cores} cores at that cost serve at most {bound} "
+            "texts/s.",
             "",
         ]
     if "tuning" in r:

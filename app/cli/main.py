@@ -147,18 +147,25 @@ def _run_api(settings: Settings, host: str, port: int) -> None:
         f"thread{'s' if threads > 1 else ''} (API_PROCESSES, TORCH_THREADS)",
         flush=True,
     )
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        # Several processes accept on the one port; each loads, tunes and swaps its model
-        # on its own, as separate replicas do.
-        workers=processes if processes > 1 else None,
-        log_level=settings.log_level.lower(),
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level.lower(),
         # Let in-flight requests finish on shutdown.
-        timeout_graceful_shutdown=20,
-    )
+        "timeout_graceful_shutdown": 20,
+    }
+    if processes == 1:
+        uvicorn.run("app.main:create_app", **options)
+        return
+    from app.cli.api_processes import run_processes
+
+    try:
+        # Each process loads, tunes and swaps its model on its own, as replicas do, and
+        # accepts on a socket of its own, so connections spread evenly over them.
+        run_processes(uvicorn.Config("app.main:create_app", **options), processes)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc}") from exc
 
 
 def _share_metrics() -> None:

@@ -101,9 +101,9 @@ class Settings(BaseSettings):
         3.0,
         ge=0,
         description="How long an API process measures a newly loaded model to choose its "
-        "micro-batch bounds, off the request path, once per model shape, form and CPU "
-        "(cached in MODEL_DIR/.batch-tuning; 0: no measurement, bounds 8 texts and 2048 "
-        "tokens unless set).",
+        "micro-batch bounds, off the request path, one pass per API process at once, once "
+        "per model shape, form, CPU and layout (cached in MODEL_DIR/.batch-tuning; 0: no "
+        "measurement, bounds 8 texts and 2048 tokens unless set).",
     )
     infer_backend: Literal["onnxruntime", "torch", "torch-int8"] = Field(
         "onnxruntime",

@@ -1,11 +1,14 @@
-"""What the micro-batcher and the batched store writer share: answering their callers,
-and how the micro-batcher cuts gathered texts into forward passes."""
+"""What the micro-batcher and the batched store writer share: their threads, answering
+their callers, and how the micro-batcher cuts gathered texts into forward passes."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from app.serving.telemetry import ISOLATED_FAILURES
@@ -13,6 +16,30 @@ from app.serving.telemetry import ISOLATED_FAILURES
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+_PR_SET_NAME = 15
+
+
+def _name_native_thread(name: str) -> None:
+    """Give the calling thread `name` in the OS (what `top -H`, `ps -L` and
+    /proc/PID/task/TID/comm show, at most 15 bytes): Python's thread names stay inside
+    Python, and every thread of an API process would otherwise read "python"."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the name is only a convenience
+        pass
+
+
+def named_thread(name: str, os_name: str) -> ThreadPoolExecutor:
+    """One worker thread, called `name` in Python and `os_name` in the OS."""
+    return ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix=name,
+        initializer=_name_native_thread,
+        initargs=(os_name,),
+    )
 
 
 def settle(

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -28,9 +27,10 @@ from app.serving.batch_tuning import (
     DEFAULT_MAX_TOKENS,
     BatchBounds,
     model_shape,
+    one_load_at_a_time,
     tuned_bounds,
 )
-from app.serving.batching import failed_alone, plan_forward_passes, settle
+from app.serving.batching import failed_alone, named_thread, plan_forward_passes, settle
 from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS, show_served
 from app.store import versions
 from app.store.database import Store
@@ -113,7 +113,7 @@ class ModelServer:
         self._loader = loader or self._load_from_registry
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         # One inference thread: torch already spreads one forward pass over the cores.
-        self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._infer = named_thread("infer", "pfp-infer")
         self._swap_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,6 +154,12 @@ class ModelServer:
     # -- swapping -----------------------------------------------------------------------
 
     def _load_from_registry(self, version: int) -> ServedModel:
+        # Siblings on this machine load one after the other: each load takes a core for
+        # seconds, and would skew the measurement of the bounds beside it.
+        with one_load_at_a_time(self.settings.models_path):
+            return self._load(version)
+
+    def _load(self, version: int) -> ServedModel:
         with self.store.session() as session:
             row = versions.get_version(session, version)
             if row is None or row.state != "ready":
@@ -209,6 +215,7 @@ class ModelServer:
             form=form.replace(" ", "-"),
             threads=self.threads,
             seconds=self.settings.infer_tune_seconds,
+            processes=self.processes,
         )
         if fixed_texts or fixed_tokens:  # one bound set, the other measured
             return replace(

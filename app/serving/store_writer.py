@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.core.logs import request_id
-from app.serving.batching import failed_alone, settle
+from app.serving.batching import failed_alone, named_thread, settle
 from app.serving.telemetry import WRITER_PENDING
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, insert_predictions
@@ -43,7 +42,7 @@ class StoreWriter:
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
         # One writer thread: SQLite takes one writer at a time anyway, and one transaction
         # at a time keeps ids in arrival order.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._thread = named_thread("store-writer", "pfp-store")
         self._task: asyncio.Task[None] | None = None
         self._pending = 0
 

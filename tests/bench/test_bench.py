@@ -74,6 +74,12 @@ def test_quick_bench_runs_every_part(tmp_path: Path):
     }
     for rows in results["service"].values():
         assert all(row["failed"] == 0 and row["texts_per_s"] > 0 for row in rows)
+    # Where each request's CPU went, by thread of the service (named in the OS).
+    split = next(r for r in results["service"]["/label"] if "cpu_ms_per_request" in r)
+    cpu = split["cpu_ms_per_request"]
+    assert cpu["inference"] > 0 and cpu["event loop (HTTP, routes, logs)"] > 0
+    assert cpu["store writer"] > 0 and cpu["load client"] > 0
+    assert "CPU per /label request at concurrency" in proc.stdout
     swap = results["swap"]
     assert swap["failed"] == 0
     assert all(s is not None for s in swap["seconds_to_first_new_answer"].values())

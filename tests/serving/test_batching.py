@@ -18,6 +18,7 @@ from app.ml.modeling import init_classifier, load_classifier
 from app.registry import version_dir
 from app.serving.batching import plan_forward_passes
 from app.serving.model_server import ModelServer, ServedModel
+from app.serving.store_writer import StoreWriter
 from app.store.database import Store
 from tests.conftest import ADMIN
 
@@ -199,3 +200,36 @@ def test_published_versions_carry_their_onnx_export(published_copy: Settings):
     """The worker exports at publish time, so API processes only load it at a swap."""
     assert published_copy.infer_backend == "onnxruntime"
     assert (version_dir(published_copy, 1) / "model.onnx").is_file()
+
+
+def test_the_servers_threads_carry_their_names_in_the_os(settings: Settings) -> None:
+    """`top -H` and `ps -L` tell the inference thread and the store writer from the event
+    loop (and bench.cpu_split splits a request's CPU by them)."""
+    import threading
+
+    store = Store(settings.store_url)
+    try:
+        server = ModelServer(settings, store)
+        writer = StoreWriter(store)
+        for pool, name in ((server._infer, "pfp-infer"), (writer._thread, "pfp-store")):
+            tid = pool.submit(threading.get_native_id).result()
+            assert Path(f"/proc/{os.getpid()}/task/{tid}/comm").read_text().strip() == name
+            pool.shutdown()
+    finally:
+        store.dispose()
+
+
+def test_sibling_processes_load_one_at_a_time_and_a_stuck_one_is_waited_for_only_so_long(
+    tmp_path: Path,
+) -> None:
+    from app.serving.batch_tuning import one_load_at_a_time
+
+    with one_load_at_a_time(tmp_path, timeout=5):
+        started = time.monotonic()
+        # Another holder (a sibling process: flock locks per open file) waits, then goes on.
+        with one_load_at_a_time(tmp_path, timeout=0.3):
+            waited = time.monotonic() - started
+    assert 0.3 <= waited < 3
+    started = time.monotonic()
+    with one_load_at_a_time(tmp_path, timeout=5):  # released: no wait
+        assert time.monotonic() - started < 0.2

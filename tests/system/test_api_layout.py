@@ -3,6 +3,8 @@ model on its own, every answer is stored, and /metrics from any of them reports 
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import shutil
 import time
@@ -40,6 +42,24 @@ def _pids_answering(url: str, tries: int = 60) -> set[int]:
     return pids
 
 
+def _pids_of_a_burst(url: str, connections: int) -> list[int]:
+    """The pid behind each of `connections` keep-alive connections opened at once, as a
+    client's connection pool opens them, before any request is sent."""
+    host, port = url.removeprefix("http://").split(":")
+    pool = [http.client.HTTPConnection(host, int(port), timeout=30) for _ in range(connections)]
+    try:
+        for conn in pool:
+            conn.connect()
+        pids = []
+        for conn in pool:
+            conn.request("GET", "/models/active", headers=ADMIN)
+            pids.append(json.loads(conn.getresponse().read())["process"]["pid"])
+        return pids
+    finally:
+        for conn in pool:
+            conn.close()
+
+
 def test_two_api_processes_on_one_port_serve_store_and_swap_each(
     tmp_path: Path, tiny_base: Path, gold_file: Path
 ) -> None:
@@ -70,6 +90,10 @@ def test_two_api_processes_on_one_port_serve_store_and_swap_each(
             time.sleep(0.3)
         pids = _pids_answering(url)
         assert len(pids) == 2 and {str(p) for p in pids} == set(_served_by_pid(url))
+        # A burst of connections spreads over both (one shared socket gave one process 30
+        # of a load client's 32): binomial(24, 1/2) has 4 or more each but 1 time in 3,600.
+        burst = _pids_of_a_burst(url, 24)
+        assert min(burst.count(pid) for pid in pids) >= 4, burst
         active = httpx.get(f"{url}/models/active", headers=ADMIN).json()
         assert active["process"] == {**active["process"], "api_processes": 2, "threads": 1}
         assert active["served_form"].startswith("onnxruntime")
