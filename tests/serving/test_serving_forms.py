@@ -133,7 +133,7 @@ class _SlowStart:
 def test_measure_is_not_fooled_by_a_slow_start() -> None:
     """Every bound is measured in turns spread over the whole time, so a busy first second
     slows them all alike and the fastest bound (1 text) still wins."""
-    seconds = 2.7
+    seconds = 1.2
     bounds = measure(_SlowStart(seconds), ["a text"] * 64, seconds)  # type: ignore[arg-type]
     assert bounds.max_texts == 1, bounds.measured
 
