@@ -226,26 +226,13 @@ class Bf16Classifier(FastClassifier):
             return self.model(**batch).logits.float()
 
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU multiplies bf16 in hardware; elsewhere torch emulates it, many
-    times slower than fp32, and the figure would only measure the emulation."""
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ).split()
-    except (OSError, StopIteration):
-        return False
-    return any(flag in flags for flag in BF16_FLAGS)
-
-
 def bf16(classifier: Classifier) -> Bf16Classifier:
-    if not cpu_has_bf16():
-        raise VariantUnavailable(f"this CPU has none of {', '.join(BF16_FLAGS)}")
+    from app.ml.training import cpu_has_fast_bf16
+
+    # Elsewhere torch emulates bf16, many times slower than fp32: the figure would only
+    # measure the emulation.
+    if not cpu_has_fast_bf16():
+        raise VariantUnavailable("this CPU has none of avx512_bf16, amx_bf16")
     variant = Bf16Classifier(classifier)
     variant.logits(list(WARMUP_BATCHES[0]))
     return variant

@@ -209,29 +209,36 @@ def measure(
     )
 
 
+def _acquire(handle: Any, timeout: float | None) -> bool:
+    """Lock `handle` exclusively, waiting at most `timeout` seconds (None: for ever);
+    whether it was locked."""
+    if timeout is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float | None = None) -> Iterator[None]:
     """Hold an exclusive lock on `path`; past `timeout` seconds, go on without it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        if timeout is None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        log.warning("%s is held for over %.0f s; loading anyway", path, timeout)
-                        yield
-                        return
-                    time.sleep(0.05)
+        locked = _acquire(handle, timeout)
+        if not locked:
+            log.warning("%s is held for over %.0f s; loading anyway", path, timeout)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def one_load_at_a_time(
