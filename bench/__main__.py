@@ -35,7 +35,7 @@ import httpx
 import torch
 
 from app.core.config import Settings
-from app.ml.serving_forms import choose_form, read_forms
+from app.ml.serving_forms import BF16_FORM, bf16_gate, choose_form, read_forms
 from app.registry import publish, version_dir
 from app.store import versions
 from app.store.database import Store
@@ -49,6 +49,15 @@ from bench.training import measure_training
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-admin-key"
+FP32 = "onnxruntime fp32"
+# The names part 1 gives the forms an API process serves (`served_form`).
+PART1_NAMES = {
+    FP32: "onnxruntime",
+    "onnxruntime int8": "onnxruntime int8",
+    BF16_FORM: "torch bf16",
+    "torch fp32": "fp32",
+    "torch int8": "int8",
+}
 HEADERS = {"X-API-Key": KEY}
 
 
@@ -277,46 +286,46 @@ class Bench:
             # The torch forms: one process, as measured above.
             served = {"torch-int8": "int8", "torch": "fp32"}[self.settings.infer_backend]
             return {"forms": forms, "served": served, "test_n": len(test), **forms[served]}
-        # The form an API process serves this version in, and the machine's ceiling for it
-        # and for fp32: every layout of processes x threads, all processes at once.
-        choice = choose_form(folder, self.settings.infer_int8, self.settings.infer_int8_max_drop)
-        served = "onnxruntime int8" if choice.form == "int8" else "onnxruntime"
+        # The forms an API process may serve this version in here (the ONNX form its gate
+        # chose, and bf16 where its gate lets it: the API measures them against each other
+        # at load and serves the faster) and fp32: the machine's ceiling of each, every
+        # layout of processes x threads, all processes at once.
+        s = self.settings
+        choice = choose_form(folder, s.infer_int8, s.infer_int8_max_drop)
+        candidates = [f"onnxruntime {choice.form}"]
+        if bf16_gate(folder, s.infer_bf16, s.infer_bf16_max_drop)[0]:
+            candidates.append(BF16_FORM)
         cores = os.cpu_count() or 1
         sizes = [1, 8, 16] if self.quick else [1, 8, 16, 32]
-        by_layout: dict[str, Any] = {}
-        for name, file in ((served, choice.file), ("onnxruntime", "model.onnx")):
-            if name not in by_layout:
-                log(f"1. ceiling of the machine: {name}, every layout")
-                by_layout[name] = measure_layouts(
-                    folder,
-                    file,
-                    self.settings.max_length,
-                    self.texts,
-                    cores,
-                    sizes,
-                    self.seconds / 2,
-                )
+
+        def ceiling_of(form: str) -> dict[str, Any]:
+            log(f"1. ceiling of the machine: {form}, every layout")
+            args = (s.max_length, self.texts, cores, sizes, self.seconds / 2)
+            return measure_layouts(folder, form, *args)
+
+        by_layout = {form: ceiling_of(form) for form in dict.fromkeys([*candidates, FP32])}
+        # The service is held to the ceiling of the form it serves: what its API says.
+        active = self.active_model()
+        served = active["served_form"]
+        if served not in by_layout:
+            by_layout[served] = ceiling_of(served)
         best = by_layout[served]["best"]
         batch1 = batch1_alone(
-            folder,
-            choice.file,
-            self.settings.max_length,
-            self.texts,
-            best["threads"],
-            self.seconds / 2,
+            folder, served, s.max_length, self.texts, best["threads"], self.seconds / 2
         )
         return {
             "forms": forms,
             "forms_record": read_forms(folder),
             "served": served,
-            "served_reason": choice.reason,
+            "served_reason": active["served_form_reason"],
+            "forms_compared": active["forms_compared"],
             "test_n": len(test),
             "layouts": by_layout,
             "best_layout": best,
             "best_batch": best["batch"],
             "best_texts_per_s": best["texts_per_s"],
-            "fp32_best_texts_per_s": by_layout["onnxruntime"]["best"]["texts_per_s"],
-            "by_batch": forms[served]["by_batch"],
+            "fp32_best_texts_per_s": by_layout[FP32]["best"]["texts_per_s"],
+            "by_batch": forms[PART1_NAMES[served]]["by_batch"],
             "batch1_ms": batch1,
         }
 
@@ -458,6 +467,11 @@ class Bench:
             merged.errors += r.errors
         return {"idle": merged.summary(), **results}
 
+    def active_model(self) -> dict[str, Any]:
+        """What the bench's API says it serves (/models/active): the form, why, the bounds."""
+        active: dict[str, Any] = httpx.get(f"{self.api()}/models/active", headers=HEADERS).json()
+        return active
+
     # -- 7 ----------------------------------------------------------------------------
 
     def tuning(self) -> dict[str, Any]:
@@ -470,6 +484,11 @@ class Bench:
         for n in [8] if self.quick else [4, 8, 16, 32]:
             fixed = {"INFER_MAX_BATCH": str(n), "INFER_MAX_BATCH_TOKENS": "4096"}
             others.append((f"fixed bounds: {n} texts", fixed))
+        if "bf16" in self.active_model()["served_form"]:
+            # What serving bf16 buys over the ONNX form the gate would serve without it.
+            others.append(
+                ("ONNX form only (INFER_BF16=never), self-tuned", {"INFER_BF16": "never"})
+            )
         default_layout = self.settings.api_layout
         for processes, threads in layouts(cores):
             if (processes, threads) != default_layout:
@@ -538,9 +557,11 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = ceiling["best_texts_per_s"] / ceiling["fp32_best_texts_per_s"]
         name = f"served form ({ceiling['served']}) / fp32 ONNX Runtime, machine ceilings"
         goal(name, ratio, ">= 1.7", ratio >= 1.7)
-    drop = (ceiling.get("forms_record") or {}).get("int8_drop_points")
+    # The quality of the form served: int8's or bf16's drop from fp32 on the dev set.
+    kind = next((k for k in ("int8", "bf16") if k in ceiling.get("served", "")), None)
+    drop = (ceiling.get("forms_record") or {}).get(f"{kind}_drop_points")
     if drop is not None:
-        goal("int8 dev macro-F1 drop from fp32 (points)", drop, "<= 0.5", drop <= 0.5)
+        goal(f"{kind} dev macro-F1 drop from fp32 (points)", drop, "<= 0.5", drop <= 0.5)
     tuned = r.get("tuning", {}).get("rows", [])
     auto = [row["texts_per_s"] for row in tuned if row["setting"].startswith("self-tuned")]
     fixed = [row["texts_per_s"] for row in tuned if row["setting"].startswith("fixed")]
@@ -584,7 +605,7 @@ def render(r: dict[str, Any]) -> str:
     if "ceiling" in r and "layouts" in r["ceiling"]:
         c = r["ceiling"]
         b = c["best_layout"]
-        f = c["layouts"]["onnxruntime"]["best"]
+        f = c["layouts"][FP32]["best"]
         lines += [
             f"| ceiling of the machine: bare forward, {c['served']}, {b['processes']} x "
             f"{b['threads']} threads, batch {b['batch']} | {c['best_texts_per_s']} | | | |",
@@ -642,7 +663,9 @@ def render(r: dict[str, Any]) -> str:
             "",
             f"- served: {r['ceiling']['served']} ({r['ceiling']['served_reason']}); dev "
             f"macro-F1 fp32 {record.get('fp32', {}).get('dev_macro_f1')}, int8 "
-            f"{record.get('int8', {}).get('dev_macro_f1')} ({record.get('dev_n')} texts)",
+            f"{record.get('int8', {}).get('dev_macro_f1')}, bf16 "
+            f"{record.get('bf16', {}).get('dev_macro_f1', 'not scored')} "
+            f"({record.get('dev_n')} texts)",
             "",
         ]
     split_row = next(

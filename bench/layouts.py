@@ -23,7 +23,7 @@ def layouts(cores: int) -> list[tuple[int, int]]:
 
 def _one_process(
     folder: str,
-    file: str,
+    form: str,
     max_length: int,
     texts: list[str],
     batches: list[int],
@@ -35,13 +35,11 @@ def _one_process(
     that all processes of the layout run together), texts/s for `seconds`."""
     import torch
 
-    from app.ml.modeling import load_classifier
-    from app.ml.onnx_runtime import onnx_classifier
+    from app.ml.serving_forms import load_form
     from bench.forms import measure_ceiling
 
     torch.set_num_threads(threads)
-    model = load_classifier(Path(folder), max_length)
-    classifier = onnx_classifier(model, Path(folder), threads, file)
+    classifier = load_form(Path(folder), form, max_length, threads)
     classifier.logits(texts[: max(batches)])
     speeds = []
     for n, batch in enumerate(batches):
@@ -52,15 +50,15 @@ def _one_process(
 
 def measure_layouts(
     folder: Path,
-    file: str,
+    form: str,
     max_length: int,
     texts: list[str],
     cores: int,
     batches: list[int],
     seconds: float,
 ) -> dict[str, Any]:
-    """Texts/s of `folder/file` (an ONNX form) per layout and batch, all processes of a
-    layout at once; the best layout and batch."""
+    """Texts/s of the version in `folder` served in `form` (a name load_form takes) per
+    layout and batch, all processes of a layout at once; the best layout and batch."""
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     for processes, threads in layouts(cores):
@@ -71,7 +69,7 @@ def measure_layouts(
                 pool.submit(
                     _one_process,
                     str(folder),
-                    file,
+                    form,
                     max_length,
                     texts,
                     batches,
@@ -96,13 +94,13 @@ def measure_layouts(
 
 
 def batch1_alone(
-    folder: Path, file: str, max_length: int, texts: list[str], threads: int, seconds: float
+    folder: Path, form: str, max_length: int, texts: list[str], threads: int, seconds: float
 ) -> float:
     """Milliseconds of one batch-1 forward pass (tokenizing included) of one process with
     `threads` threads, nothing else running: the pass a lone /label request waits for."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         speed = pool.submit(
-            _one_process, str(folder), file, max_length, texts, [1], threads, time.time(), seconds
+            _one_process, str(folder), form, max_length, texts, [1], threads, time.time(), seconds
         ).result()[0]
     return round(1000 / speed, 2)

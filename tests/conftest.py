@@ -85,6 +85,10 @@ def make_settings(
         "infer_max_wait_ms": 1.0,
         # The micro-batch bounds are measured on every first load: briefly for tiny models.
         "infer_tune_seconds": 0.3,
+        # Whether bf16 is a candidate depends on the CPU (AMX or avx512_bf16); tests of
+        # other things serve the same form on every CPU (tests/serving/test_serving_forms.py
+        # covers bf16, with the CPU's answer set).
+        "infer_bf16": "never",
         "database_url": "",
         "redis_url": "",
         "admin_api_keys": ADMIN_KEY,

@@ -27,6 +27,8 @@ def service_env(**values: object) -> dict[str, str]:
     env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
     # Tiny models: a short measurement of the micro-batch bounds is enough.
     env["INFER_TUNE_SECONDS"] = "0.5"
+    # The same served form on every CPU (bf16 is a candidate only on some; conftest.py).
+    env["INFER_BF16"] = "never"
     env.update({k.upper(): str(v) for k, v in values.items()})
     return env
 

@@ -172,10 +172,16 @@ class ActiveModelView(BaseModel):
     served_version: int | None = Field(description="Version this API process serves now.")
     served_form: str | None = Field(
         None,
-        description="What runs it here: onnxruntime int8, onnxruntime fp32, torch fp32 or "
-        "torch int8.",
+        description="What runs it here: onnxruntime int8, onnxruntime fp32, torch bf16, "
+        "torch fp32 or torch int8.",
     )
     served_form_reason: str | None = Field(None, description="Why this form.")
+    forms_compared: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Where several forms passed their quality gates (the ONNX form and bf16): "
+        "texts/s of each at its own bounds, measured when this process loaded the version; "
+        "the fastest serves. Empty where only one form could serve.",
+    )
     batching: BatchingView | None = Field(
         None, description="The micro-batch bounds this process serves the version with."
     )

@@ -121,10 +121,23 @@ class Settings(BaseSettings):
         description="Most dev macro-F1 points the int8 form may lose to fp32 and still be "
         "served (INFER_INT8=gated).",
     )
+    infer_bf16: Literal["gated", "never", "always"] = Field(
+        "gated",
+        description="Serve a version in bf16 under PyTorch where the CPU computes bf16 (AMX or "
+        "avx512_bf16): `gated` (where its dev macro-F1 is within INFER_BF16_MAX_DROP points "
+        "of fp32's and it measures faster here than the ONNX form), `never`, or `always` "
+        "(wherever the CPU computes bf16: not gated, not compared).",
+    )
+    infer_bf16_max_drop: float = Field(
+        0.5,
+        description="Most dev macro-F1 points the bf16 form may lose to fp32 and still be "
+        "served (INFER_BF16=gated).",
+    )
     infer_max_wait_ms: float = Field(
-        2.0,
-        description="Micro-batching: longest wait for more texts before a forward pass (only "
-        "while several clients are sending).",
+        6.0,
+        description="Micro-batching: longest wait for more texts before a forward pass. The "
+        "batcher waits only while several clients are sending, and only until as many "
+        "requests as its last pass answered are back.",
     )
     swap_poll_seconds: float = Field(
         2.0, description="How often API processes poll the store for a new active model."

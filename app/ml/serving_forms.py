@@ -7,11 +7,16 @@ Publishing writes, into the version's temporary folder before it is renamed into
   matrix products (int8 weights per output channel, activations quantized per batch as
   they come; the embeddings stay fp32);
 - `serving_forms.json`: both forms scored on the gold dev set by ONNX Runtime, the drop of
-  int8's macro-F1 from fp32's, and how long each took to build.
+  int8's macro-F1 from fp32's, and how long each took to build; and, where the publishing
+  CPU computes bf16 natively (AMX or avx512_bf16), the model's weights in bfloat16 under
+  PyTorch (`torch bf16`, cast at load: no file) scored the same way.
 
 An API process serves int8 only where that drop is within INFER_INT8_MAX_DROP points
-(default 0.5), and says which form it serves and why (`GET /models/active`, the dashboard,
-`pfp_served_form` in the metrics).
+(default 0.5). bf16 is a candidate where its drop is within INFER_BF16_MAX_DROP points and
+the serving CPU has bf16 too; with two candidates the API process measures both (the
+micro-batch measurement, app/serving/batch_tuning.py) and serves the faster. It says which
+form it serves and why (`GET /models/active`, the dashboard, `pfp_served_form` in the
+metrics).
 
 Why this quantization (docs/benchmarks.md, "Serving forms"): on two fully trained models of
 the demo data (the first model at MAX_LENGTH 128 and at 64), quantizing only the MatMuls
@@ -47,7 +52,12 @@ INT8_METHOD: dict[str, Any] = {
     "ops": ["MatMul"],
 }
 
-Int8Policy = Literal["gated", "never", "always"]
+# INFER_INT8 and INFER_BF16: serve the form where its gate passes, never, or always.
+FormPolicy = Literal["gated", "never", "always"]
+Int8Policy = FormPolicy
+BF16_FORM = "torch bf16"
+BF16_FLAGS = "avx512_bf16, amx_bf16"
+NO_BF16 = f"this CPU has none of {BF16_FLAGS}"
 
 
 def quantize_onnx(source: Path, target: Path) -> None:
@@ -135,17 +145,43 @@ def build_forms(
             form["score_seconds"] = round(time.perf_counter() - start, 1)
         except Exception as exc:
             form["error"] = f"could not be scored: {first_line(exc)}"
+    record["bf16"] = _score_bf16(folder, max_length, dev)
     f1_fp32 = record["fp32"].get("dev_macro_f1")
-    f1_int8 = record["int8"].get("dev_macro_f1")
-    if f1_fp32 is not None and f1_int8 is not None:
-        record["int8_drop_points"] = round(100 * (f1_fp32 - f1_int8), 2)
+    for name in ("int8", "bf16"):
+        f1 = record[name].get("dev_macro_f1")
+        if f1_fp32 is not None and f1 is not None:
+            record[f"{name}_drop_points"] = round(100 * (f1_fp32 - f1), 2)
     log.info(
-        "serving forms: fp32 dev macro-F1 %s, int8 %s (drop %s points)",
+        "serving forms: fp32 dev macro-F1 %s, int8 %s (drop %s points), bf16 %s (drop %s)",
         f1_fp32,
-        f1_int8,
+        record["int8"].get("dev_macro_f1"),
         record.get("int8_drop_points"),
+        record["bf16"].get("dev_macro_f1", record["bf16"].get("unavailable")),
+        record.get("bf16_drop_points"),
     )
     return _write(folder, record)
+
+
+def _score_bf16(folder: Path, max_length: int, dev: tuple[list[str], list[str]]) -> dict[str, Any]:
+    """The dev macro-F1 of the model in bf16 under PyTorch, where this CPU computes bf16:
+    elsewhere torch emulates it (15.9 texts/s against 101.1 for fp32 on an AVX2 machine,
+    docs/benchmarks.md), and no API process on such a CPU would serve it."""
+    from app.ml import training
+    from app.ml.modeling import as_bf16, load_classifier
+    from app.ml.onnx_runtime import first_line
+
+    if not training.cpu_has_fast_bf16():
+        return {"unavailable": f"not scored: the publishing CPU has none of {BF16_FLAGS}"}
+    start = time.perf_counter()
+    try:
+        classifier = as_bf16(load_classifier(folder, max_length))
+        f1 = training.evaluate(classifier, *dev)["macro_f1"]
+    except Exception as exc:
+        return {"error": f"could not be scored: {first_line(exc)}"}
+    return {
+        "dev_macro_f1": round(float(f1), 5),
+        "score_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def _write(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -200,3 +236,45 @@ def choose_form(folder: Path, policy: Int8Policy, max_drop_points: float) -> For
         INT8_FILE,
         f"int8 dev macro-F1 within {max_drop_points:g} points of fp32 ({drop:+.2f} drop)",
     )
+
+
+def bf16_gate(folder: Path, policy: FormPolicy, max_drop_points: float) -> tuple[bool, str]:
+    """Whether the `torch bf16` form of `folder` may be served on this CPU, and why: where
+    the CPU computes bf16 and (policy "gated") publishing scored it at most
+    `max_drop_points` of dev macro-F1 below fp32. Being allowed makes it a candidate; the
+    API process serves it only if it is also the faster form here."""
+    from app.ml import training
+
+    if policy == "never":
+        return False, "INFER_BF16=never"
+    if not training.cpu_has_fast_bf16():
+        return False, NO_BF16
+    if policy == "always":
+        return True, "INFER_BF16=always (not gated)"
+    forms = read_forms(folder) or {}
+    drop = forms.get("bf16_drop_points")
+    if drop is None:
+        bf16 = forms.get("bf16") or {}
+        why = bf16.get("unavailable") or bf16.get("error") or "bf16 was not scored"
+        return False, f"{why}: bf16 not served unscored"
+    if drop > max_drop_points:
+        return False, f"bf16 dev macro-F1 {drop:.2f} points below fp32 (limit {max_drop_points:g})"
+    return True, f"bf16 dev macro-F1 within {max_drop_points:g} points of fp32 ({drop:+.2f} drop)"
+
+
+def load_form(folder: Path, form: str, max_length: int, threads: int | None) -> Classifier:
+    """The version in `folder` as an API process serves it in `form`: "onnxruntime fp32",
+    "onnxruntime int8", "torch fp32", "torch int8" or "torch bf16". ONNX forms raise
+    OnnxUnavailable where the file is missing or ONNX Runtime cannot run it."""
+    from app.ml.modeling import as_bf16, load_classifier, quantize_int8
+    from app.ml.onnx_runtime import onnx_classifier
+
+    classifier = load_classifier(folder, max_length)
+    files = {"onnxruntime fp32": FP32_FILE, "onnxruntime int8": INT8_FILE}
+    if form in files:
+        return onnx_classifier(classifier, folder, threads, files[form])
+    builders = {"torch fp32": lambda c: c, "torch int8": quantize_int8, BF16_FORM: as_bf16}
+    if form not in builders:
+        raise ValueError(f"unknown serving form {form!r}")
+    built: Classifier = builders[form](classifier)
+    return built

@@ -57,7 +57,7 @@ def _pool_rows(pool: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
-def _form_rows(forms: dict[str, Any] | None) -> list[tuple[str, str]]:
+def form_rows(forms: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The serving forms built with the version, with their dev macro-F1
     (app/ml/serving_forms.py)."""
     if not forms:
@@ -77,6 +77,16 @@ def _form_rows(forms: dict[str, Any] | None) -> list[tuple[str, str]]:
         rows.append((f"serving form {name}", f"`{form['file']}`, {scored}"))
     if "int8_drop_points" in forms:
         rows.append(("int8 drop", f"{forms['int8_drop_points']} macro-F1 points below fp32 on dev"))
+    bf16 = forms.get("bf16")
+    if isinstance(bf16, dict):
+        # No file: the weights are cast to bfloat16 when an API process loads them.
+        if "dev_macro_f1" in bf16:
+            shown = f"dev macro-F1 {bf16['dev_macro_f1']} (PyTorch, {forms.get('dev_n')} texts)"
+            if "bf16_drop_points" in forms:
+                shown += f", {forms['bf16_drop_points']} points below fp32"
+        else:
+            shown = bf16.get("unavailable") or bf16.get("error") or "not scored"
+        rows.append(("serving form bf16", f"the weights cast at load, {shown}"))
     return rows
 
 
@@ -115,7 +125,7 @@ def model_card(
         ("encoder layers", str(lineage.get("layers", "as the base model"))),
         *_pool_rows(lineage.get("pool")),
         *_promotion_rows(lineage.get("comparison")),
-        *_form_rows(forms),
+        *form_rows(forms),
         ("written", (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
     split_rows = [

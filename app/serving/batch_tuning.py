@@ -78,6 +78,15 @@ class BatchBounds:
     measured: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
+    @property
+    def texts_per_s(self) -> float | None:
+        """What the measurement ran at these bounds (None where nothing was measured): the
+        token bounds were tried at the chosen text bound, so their figure is the chosen
+        pair's."""
+        return self.measured.get(f"tokens={self.max_tokens}") or self.measured.get(
+            f"texts={self.max_texts}"
+        )
+
 
 def cpu_key(threads: int, processes: int = 1) -> str:
     """The CPU a measurement holds for: its model name, its flags and the layout."""
@@ -173,6 +182,29 @@ def _compare(
     return best
 
 
+def _prepared(texts: Sequence[str]) -> list[str]:
+    texts = list(texts) or FALLBACK_TEXTS
+    texts = random.Random(0).sample(texts, len(texts))
+    return texts * max(1, -(-64 // len(texts)))  # room for every lane's own start
+
+
+def speed_at(
+    classifier: Classifier,
+    texts: Sequence[str],
+    bounds: BatchBounds,
+    seconds: float,
+    processes: int = 1,
+) -> float:
+    """Texts/s at `bounds` (set, not measured: the settings'), as `measure` runs each
+    bound: one lane per API process, the best of its turns. What two forms of a version
+    are compared on where the bounds are fixed."""
+    texts = _prepared(texts)
+    classifier.logits(texts[:8])  # warm-up
+    settings = {0: (bounds.max_texts, bounds.max_tokens)}
+    with ThreadPoolExecutor(processes, thread_name_prefix="tuning") as pool:
+        return _compare(classifier, texts, settings, seconds, pool, processes)[0]
+
+
 def measure(
     classifier: Classifier, texts: Sequence[str], seconds: float, processes: int = 1
 ) -> BatchBounds:
@@ -184,9 +216,7 @@ def measure(
     8 in one process alone, but 192 against 219 with two processes at once, and fixed
     bounds of 4 texts served /label 1.2-1.5x the 1 text chosen alone. So the process that
     measures (its siblings wait: tuned_bounds) runs one lane per process of the layout."""
-    texts = list(texts) or FALLBACK_TEXTS
-    texts = random.Random(0).sample(texts, len(texts))
-    texts = texts * max(1, -(-64 // len(texts)))  # room for every lane's own start
+    texts = _prepared(texts)
     share = seconds / (len(TEXT_BOUNDS) + len(TOKEN_BOUNDS))
     started = time.perf_counter()
     classifier.logits(texts[:8])  # warm-up: the first passes pay for lazy set-up

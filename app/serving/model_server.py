@@ -14,13 +14,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
 from app.core.busy import ServingBeacon
 from app.core.config import Settings
 from app.core.logs import request_id
-from app.ml.modeling import Classifier, load_classifier, quantize_int8
+from app.ml.modeling import Classifier, load_classifier
+from app.ml.onnx_runtime import OnnxUnavailable
+from app.ml.serving_forms import BF16_FORM, bf16_gate, choose_form, load_form
 from app.registry import version_dir
 from app.serving.batch_tuning import (
     DEFAULT_MAX_TEXTS,
@@ -28,6 +31,7 @@ from app.serving.batch_tuning import (
     BatchBounds,
     model_shape,
     one_load_at_a_time,
+    speed_at,
     tuned_bounds,
 )
 from app.serving.batching import failed_alone, named_thread, plan_forward_passes, settle
@@ -77,6 +81,8 @@ class ServedModel:
     bounds: BatchBounds = field(
         default_factory=lambda: BatchBounds(DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, "default")
     )
+    # texts/s of each form measured against this one at load, where there were several.
+    compared: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,38 +171,91 @@ class ModelServer:
             if row is None or row.state != "ready":
                 raise RuntimeError(f"v{version} is not a ready version in the registry")
         folder = version_dir(self.settings, version)
-        classifier = load_classifier(folder, self.settings.max_length)
-        form, reason = "torch fp32", "INFER_BACKEND=torch"
-        if self.settings.infer_backend == "torch-int8":
-            classifier = quantize_int8(classifier)
-            form, reason = "torch int8", "INFER_BACKEND=torch-int8 (not gated)"
-        elif self.settings.infer_backend == "onnxruntime":
-            from app.ml.onnx_runtime import OnnxUnavailable, onnx_classifier
-            from app.ml.serving_forms import choose_form
+        shape = model_shape(folder, self.settings.max_length)
+        candidates = [self._build(version, folder, form, why) for form, why in self._forms(folder)]
+        served = [
+            ServedModel(version, classifier, form, reason, self._measured(classifier, shape, form))
+            for form, reason, classifier in candidates
+        ]
+        chosen = served[0] if len(served) == 1 else self._faster(served)
+        log.info("v%s: serving %s (%s)", version, chosen.form, chosen.form_reason)
+        return chosen
 
-            choice = choose_form(
-                folder, self.settings.infer_int8, self.settings.infer_int8_max_drop
-            )
-            try:
-                classifier = onnx_classifier(classifier, folder, self.threads, choice.file)
-                form, reason = f"onnxruntime {choice.form}", choice.reason
-            except OnnxUnavailable as exc:
-                # The version itself is fine: serve it with PyTorch rather than refuse it.
-                log.warning(
-                    "v%s: ONNX Runtime unavailable (%s); serving it with PyTorch", version, exc
-                )
-                reason = f"ONNX Runtime unavailable: {exc}"
+    def _forms(self, folder: Path) -> list[tuple[str, str]]:
+        """The forms this version may be served in here, each with why: one, or the ONNX
+        form and bf16 (both within their quality gates, to be measured against each
+        other)."""
+        s = self.settings
+        if s.infer_backend == "torch-int8":
+            return [("torch int8", "INFER_BACKEND=torch-int8 (not gated)")]
+        if s.infer_backend == "torch":
+            forms = [("torch fp32", "INFER_BACKEND=torch")]
+        else:
+            choice = choose_form(folder, s.infer_int8, s.infer_int8_max_drop)
+            forms = [(f"onnxruntime {choice.form}", choice.reason)]
+        allowed, why = bf16_gate(folder, s.infer_bf16, s.infer_bf16_max_drop)
+        if allowed and s.infer_bf16 == "always":
+            return [(BF16_FORM, why)]
+        if allowed:
+            forms.append((BF16_FORM, why))
+        else:
+            forms = [(form, f"{reason}; not bf16: {why}") for form, reason in forms]
+        return forms
+
+    def _build(
+        self, version: int, folder: Path, form: str, reason: str
+    ) -> tuple[str, str, Classifier]:
+        """`form` of the version, warmed up; PyTorch where ONNX Runtime cannot run it."""
+        try:
+            classifier = load_form(folder, form, self.settings.max_length, self.threads)
+        except OnnxUnavailable as exc:
+            # The version itself is fine: serve it with PyTorch rather than refuse it.
+            log.warning("v%s: ONNX Runtime unavailable (%s); serving it with PyTorch", version, exc)
+            form, reason = "torch fp32", f"ONNX Runtime unavailable: {exc}"
+            classifier = load_classifier(folder, self.settings.max_length)
         # Warm up so the first real request does not pay for lazy initialisation.
         classifier.logits(["warm-up text"])
+        return form, reason, classifier
+
+    def _measured(self, classifier: Classifier, shape: str, form: str) -> BatchBounds:
         try:
-            bounds = self._bounds(classifier, model_shape(folder, self.settings.max_length), form)
+            return self._bounds(classifier, shape, form)
         except Exception as exc:  # a measurement that fails must not refuse a good version
-            log.warning(
-                "v%s: micro-batch bounds not measured (%s); using the defaults", version, exc
+            log.warning("%s: micro-batch bounds not measured (%s); using the defaults", form, exc)
+            return self._fixed_bounds()
+
+    def _faster(self, served: list[ServedModel]) -> ServedModel:
+        """Of forms that all passed their quality gates, the one that ran the most texts/s
+        at its own bounds: as measured for them, or, where the settings fix the bounds, in
+        a short run at those (the first, the ONNX form, with INFER_TUNE_SECONDS=0)."""
+        served = [self._with_speed(s) for s in served]
+        speeds = {s.form: s.bounds.texts_per_s for s in served}
+        if any(speed is None for speed in speeds.values()):
+            first, others = served[0], ", ".join(s.form for s in served[1:])
+            why = f"{first.form_reason}; {others} not compared (the bounds were not measured)"
+            return replace(first, form_reason=why)
+        best = max(served, key=lambda s: speeds[s.form] or 0.0)
+        against = ", ".join(f"{f} {v:.0f}" for f, v in speeds.items() if f != best.form)
+        fastest = f"{speeds[best.form]:.0f} texts/s against {against}"
+        why = f"{best.form_reason}; the faster here: {fastest}"
+        return replace(best, form_reason=why, compared=speeds)
+
+    def _with_speed(self, served: ServedModel) -> ServedModel:
+        """`served` with the texts/s of its form at its bounds, measured now where its
+        bounds were set rather than measured (not cached: the settings can change)."""
+        seconds = self.settings.infer_tune_seconds
+        if served.bounds.texts_per_s is not None or seconds <= 0:
+            return served
+        bounds = served.bounds
+        try:
+            speed = speed_at(
+                served.classifier, self._sample_texts(), bounds, seconds / 3, self.processes
             )
-            bounds = self._fixed_bounds()
-        log.info("v%s: serving %s (%s)", version, form, reason)
-        return ServedModel(version, classifier, form, reason, bounds)
+        except Exception as exc:  # as for the bounds: a failed measurement refuses nothing
+            log.warning("%s: speed not measured (%s)", served.form, exc)
+            return served
+        measured = {f"texts={bounds.max_texts}": round(speed, 1)}
+        return replace(served, bounds=replace(bounds, measured=measured))
 
     def _bounds(self, classifier: Classifier, shape: str, form: str) -> BatchBounds:
         """The micro-batch bounds for this version: the settings', else measured (or
@@ -335,14 +394,21 @@ class ModelServer:
             # The bound of the model serving now (it changes with a swap).
             limit = self.current.bounds.max_texts if self.current else DEFAULT_MAX_TEXTS
             count = len(pending[0].texts)
-            # Take what queued while the last pass ran; wait for more only when the last
-            # batch gathered several requests: concurrent clients are about to send again,
-            # while a lone client would only be made to wait (measured: waiting lifts
-            # throughput at 32 clients, and costs a lone client the whole wait).
+            # Take what queued while the last pass ran; then wait, at most max_wait, only
+            # until as many requests as the last pass answered have come: those callers
+            # are about to send again, and a pass started before they do runs a smaller,
+            # slower-per-text batch. A lone client (1 request) never waits. Measured with
+            # bf16 at concurrency 32 on 2 API processes (docs/benchmarks.md): a fixed
+            # 2 ms wait gathered 9 texts a pass and served 504-508 texts/s; waiting for
+            # the answered callers gathered 14-16 and served 584-605, the same with a cap
+            # of 6 or 12 ms: it stops waiting once they are back. Where fewer come back
+            # (clients left), one pass waits out the cap and the next expects fewer.
             deadline = loop.time() + (max_wait if last_gathered > 1 else 0.0)
             while count < limit:
                 if not self._queue.empty():
                     item = self._queue.get_nowait()
+                elif len(pending) >= last_gathered:
+                    break
                 else:
                     remaining = deadline - loop.time()
                     if remaining <= 0:

@@ -233,3 +233,49 @@ def test_sibling_processes_load_one_at_a_time_and_a_stuck_one_is_waited_for_only
     started = time.monotonic()
     with one_load_at_a_time(tmp_path, timeout=5):  # released: no wait
         assert time.monotonic() - started < 0.2
+
+
+def test_the_batcher_waits_for_the_callers_it_answered_and_never_for_a_lone_one(
+    published_copy: Settings,
+) -> None:
+    """Callers answered together send again a round trip later: the next pass waits for
+    them (not for the whole INFER_MAX_WAIT_MS), and a lone caller never waits."""
+    import asyncio
+
+    settings = published_copy.model_copy(
+        update={"infer_max_wait_ms": 300.0, "infer_max_batch": 32, "infer_max_batch_tokens": 4096}
+    )
+    classifier = load_classifier(version_dir(settings, 1), settings.max_length)
+    server = ModelServer(settings, Store(settings.store_url), loader=lambda _v: classifier)
+    gathered: list[int] = []
+    score = server._score
+
+    def recording(served: ServedModel, texts: list[str]) -> list:  # type: ignore[type-arg]
+        gathered.append(len(texts))
+        return score(served, texts)
+
+    server._score = recording  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[float, float]:
+        await server.start()
+        began = time.perf_counter()
+        for _ in range(5):
+            await server.predict(["a lone text"])
+        lone = time.perf_counter() - began
+
+        async def caller(i: int) -> None:
+            for _ in range(6):
+                await server.predict([f"text number {i}"])
+                await asyncio.sleep(0.005)  # the caller's round trip
+
+        gathered.clear()
+        began = time.perf_counter()
+        await asyncio.gather(*(caller(i) for i in range(8)))
+        together = time.perf_counter() - began
+        await server.stop()
+        return lone, together
+
+    lone, together = asyncio.run(scenario())
+    assert lone < 0.3, lone  # five answers, not even one wait of 0.3 s
+    assert gathered == [8] * 6, gathered  # every pass had all eight callers
+    assert together < 1.0, together  # six rounds, not six waits of 0.3 s

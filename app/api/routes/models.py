@@ -49,6 +49,7 @@ def active_model(store: StoreDep, server: ServerDep) -> ActiveModelView:
         served_version=current.version if current else None,
         served_form=current.form if current else None,
         served_form_reason=current.form_reason if current else None,
+        forms_compared=current.compared if current else {},
         batching=BatchingView.model_validate(asdict(current.bounds)) if current else None,
         process={
             "pid": os.getpid(),
