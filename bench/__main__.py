@@ -98,18 +98,26 @@ class Service:
         port = free_port()
         proc = self.start(f"api-{port}", "api", "--port", str(port), **env)
         url = f"http://127.0.0.1:{port}"
+        # Ready when every API process serves, not the first: a sibling still loading (and
+        # measuring its bounds) takes no connections, and a load started then measures
+        # one process for its first seconds (a fixed-bounds run served half as much).
+        serving: set[int] = set()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"api exited; see {self.out}/api-{port}.log")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                # A new connection each time: the kernel picks a process that listens.
+                active = httpx.get(f"{url}/models/active", headers=HEADERS, timeout=2).json()
+                if active.get("served_version") is not None:
+                    serving.add(active["process"]["pid"])
+                if len(serving) >= active["process"]["api_processes"]:
                     self.api_pids[url] = proc.pid
                     return url
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, KeyError):
                 pass
-            time.sleep(0.3)
-        raise RuntimeError("api not ready")
+            time.sleep(0.1)
+        raise RuntimeError(f"api not ready: {len(serving)} process(es) serving")
 
     def stop_one(self, proc: subprocess.Popen[bytes]) -> None:
         """Warm shutdown through the main process (Celery stops its own pool); SIGKILL to

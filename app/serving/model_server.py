@@ -399,8 +399,8 @@ class ModelServer:
             # are about to send again, and a pass started before they do runs a smaller,
             # slower-per-text batch. A lone client (1 request) never waits. Measured with
             # bf16 at concurrency 32 on 2 API processes (docs/benchmarks.md): a fixed
-            # 2 ms wait gathered 9 texts a pass and served 504-508 texts/s; waiting for
-            # the answered callers gathered 14-16 and served 584-605, the same with a cap
+            # 2 ms wait gathered 9-10 texts a pass and served 499-508 texts/s; waiting for
+            # the answered callers gathered 14-16 and served 583-605, the same with a cap
             # of 6 or 12 ms: it stops waiting once they are back. Where fewer come back
             # (clients left), one pass waits out the cap and the next expects fewer.
             deadline = loop.time() + (max_wait if last_gathered > 1 else 0.0)
