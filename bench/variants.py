@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,32 +209,20 @@ def onnx_runtime(
 # --- bf16 and the published forms --------------------------------------------------------------
 
 
-class Bf16Classifier(FastClassifier):
-    """The model's weights and activations in bfloat16: on a CPU with avx512_bf16 or AMX,
-    oneDNN runs its matrix products in bf16 (half the bytes moved of fp32)."""
+def bf16(classifier: Classifier) -> Classifier:
+    """A copy of `classifier` in bfloat16 (app/ml/modeling.as_bf16, the form an API
+    process serves as `torch bf16`): on a CPU with avx512_bf16 or AMX, oneDNN runs its
+    matrix products in bf16."""
+    import copy
 
-    name = "torch bf16"
-
-    def __init__(self, source: Classifier) -> None:
-        super().__init__(source)
-        import copy
-
-        model: Any = copy.deepcopy(source.model)
-        self.model = model.to(torch.bfloat16).eval()
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(**batch).logits.float()
-
-
-def bf16(classifier: Classifier) -> Bf16Classifier:
+    from app.ml.modeling import as_bf16
     from app.ml.training import cpu_has_fast_bf16
 
     # Elsewhere torch emulates bf16, many times slower than fp32: the figure would only
     # measure the emulation.
     if not cpu_has_fast_bf16():
         raise VariantUnavailable("this CPU has none of avx512_bf16, amx_bf16")
-    variant = Bf16Classifier(classifier)
+    variant = as_bf16(replace(classifier, model=copy.deepcopy(classifier.model)))
     variant.logits(list(WARMUP_BATCHES[0]))
     return variant
 

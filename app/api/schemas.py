@@ -176,7 +176,7 @@ class ActiveModelView(BaseModel):
         "torch fp32 or torch int8.",
     )
     served_form_reason: str | None = Field(None, description="Why this form.")
-    forms_compared: dict[str, float | None] = Field(
+    forms_compared: dict[str, float] = Field(
         default_factory=dict,
         description="Where several forms passed their quality gates (the ONNX form and bf16): "
         "texts/s of each at its own bounds, measured when this process loaded the version; "

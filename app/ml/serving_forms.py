@@ -54,7 +54,6 @@ INT8_METHOD: dict[str, Any] = {
 
 # INFER_INT8 and INFER_BF16: serve the form where its gate passes, never, or always.
 FormPolicy = Literal["gated", "never", "always"]
-Int8Policy = FormPolicy
 BF16_FORM = "torch bf16"
 BF16_FLAGS = "avx512_bf16, amx_bf16"
 NO_BF16 = f"this CPU has none of {BF16_FLAGS}"
@@ -211,7 +210,7 @@ class FormChoice:
     reason: str
 
 
-def choose_form(folder: Path, policy: Int8Policy, max_drop_points: float) -> FormChoice:
+def choose_form(folder: Path, policy: FormPolicy, max_drop_points: float) -> FormChoice:
     """int8 where it was built and (policy "gated") its dev macro-F1 is at most
     `max_drop_points` below fp32's; else fp32."""
     if policy == "never":

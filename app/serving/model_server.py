@@ -83,7 +83,7 @@ class ServedModel:
         default_factory=lambda: BatchBounds(DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, "default")
     )
     # texts/s of each form measured against this one at load, where there were several.
-    compared: dict[str, float | None] = field(default_factory=dict)
+    compared: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -235,21 +235,21 @@ class ModelServer:
         texts/s in four runs and bf16 554.8-574.2 in two (docs/benchmarks.md). With
         INFER_TUNE_SECONDS=0 nothing is measured and the first, the ONNX form, serves."""
         served = [self._with_speed(s) for s in served]
-        speeds = {s.form: s.bounds.texts_per_s for s in served}
-        if any(speed is None for speed in speeds.values()):
+        speeds = {s.form: v for s in served if (v := s.bounds.texts_per_s) is not None}
+        if len(speeds) < len(served):
             first, others = served[0], ", ".join(s.form for s in served[1:])
             why = f"{first.form_reason}; {others} not compared (the bounds were not measured)"
             return replace(first, form_reason=why)
-        fastest = max(speed or 0.0 for speed in speeds.values())
-        close = [s for s in served if (speeds[s.form] or 0.0) >= (1 - WITHIN) * fastest]
-        best = max(close, key=lambda s: (s.bounds.max_texts, speeds[s.form] or 0.0))
+        fastest = max(speeds.values())
+        close = [s for s in served if speeds[s.form] >= (1 - WITHIN) * fastest]
+        best = max(close, key=lambda s: (s.bounds.max_texts, speeds[s.form]))
 
         def shown(s: ServedModel) -> str:
             return f"{speeds[s.form]:.0f} texts/s at up to {s.bounds.max_texts} texts a pass"
 
         against = "; ".join(f"{s.form} {shown(s)}" for s in served if s is not best)
         why = f"{best.form_reason}; measured here {shown(best)}, against {against}"
-        if (speeds[best.form] or 0.0) < fastest:
+        if speeds[best.form] < fastest:
             why += f" (within {WITHIN:.0%} of the fastest, with larger passes)"
         return replace(best, form_reason=why, compared=speeds)
 
