@@ -42,7 +42,7 @@ from app.store.database import Store
 from app.store.gold_files import demo_gold
 from bench.cpu_split import cpu_per_request
 from bench.forms import log
-from bench.layouts import batch1_alone, layouts, measure_layouts
+from bench.layouts import batch1_alone, best_within, layouts, measure_layouts
 from bench.load import LoadResult, run_load
 from bench.tiny import build_tiny_bert
 from bench.training import measure_training
@@ -561,6 +561,18 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = c32["texts_per_s"] / ceiling["best_texts_per_s"]
         name = f"/label c={c32['concurrency']} / machine ceiling ({ceiling['served']})"
         goal(name, ratio, ">= 0.90", ratio >= 0.9)
+        if "layouts" in ceiling:
+            # The same, against the passes c one-text requests can fill at once.
+            reachable = best_within(
+                ceiling["layouts"][ceiling["served"]]["rows"], c32["concurrency"]
+            )
+            ratio = c32["texts_per_s"] / reachable["texts_per_s"]
+            name = (
+                f"/label c={c32['concurrency']} / ceiling with {c32['concurrency']} texts in "
+                f"flight ({reachable['processes']} x {reachable['threads']}, batch "
+                f"{reachable['batch']}: {reachable['texts_per_s']})"
+            )
+            goal(name, ratio, ">= 0.90", ratio >= 0.9)
     if "fp32_best_texts_per_s" in ceiling:
         ratio = ceiling["best_texts_per_s"] / ceiling["fp32_best_texts_per_s"]
         name = f"served form ({ceiling['served']}) / fp32 ONNX Runtime, machine ceilings"

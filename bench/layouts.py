@@ -10,7 +10,6 @@ service to is the best of these layouts, for the form the service actually serve
 from __future__ import annotations
 
 import multiprocessing
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,16 @@ def layouts(cores: int) -> list[tuple[int, int]]:
     return [(p, cores // p) for p in range(1, cores + 1) if cores % p == 0]
 
 
+# The barrier of the layout a child process belongs to (set as it starts: a barrier
+# travels to a child only then).
+_together: Any = None
+
+
+def _join(barrier: Any) -> None:
+    global _together
+    _together = barrier
+
+
 def _one_process(
     folder: str,
     form: str,
@@ -28,11 +37,10 @@ def _one_process(
     texts: list[str],
     batches: list[int],
     threads: int,
-    start_at: float,
     seconds: float,
 ) -> list[float]:
-    """In a child: load the form, then for each batch, from its common start time (so
-    that all processes of the layout run together), texts/s for `seconds`."""
+    """In a child: load the form, then for each batch texts/s for `seconds`, starting
+    together with the other processes of its layout (so that all of them run at once)."""
     import torch
 
     from app.ml.serving_forms import load_form
@@ -42,8 +50,10 @@ def _one_process(
     classifier = load_form(Path(folder), form, max_length, threads)
     classifier.logits(texts[: max(batches)])
     speeds = []
-    for n, batch in enumerate(batches):
-        time.sleep(max(0.0, start_at + n * (seconds + 1.0) - time.time()))
+    for batch in batches:
+        # Loading takes seconds and differs by form: the barrier, not a fixed delay,
+        # starts each measurement (a sibling that never arrives fails it, not hangs it).
+        _together.wait(timeout=300)
         speeds.append(measure_ceiling(classifier, texts, [batch], seconds)[batch]["texts_per_s"])
     return speeds
 
@@ -62,23 +72,12 @@ def measure_layouts(
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     for processes, threads in layouts(cores):
-        with ProcessPoolExecutor(processes, mp_context=context) as pool:
-            # Starting a process and loading takes seconds: they start measuring together.
-            start_at = time.time() + 10.0
-            futures = [
-                pool.submit(
-                    _one_process,
-                    str(folder),
-                    form,
-                    max_length,
-                    texts,
-                    batches,
-                    threads,
-                    start_at,
-                    seconds,
-                )
-                for _ in range(processes)
-            ]
+        barrier = context.Barrier(processes)
+        with ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_join, initargs=(barrier,)
+        ) as pool:
+            args = (str(folder), form, max_length, texts, batches, threads, seconds)
+            futures = [pool.submit(_one_process, *args) for _ in range(processes)]
             speeds = [f.result() for f in futures]
         for n, batch in enumerate(batches):
             rows.append(
@@ -93,14 +92,24 @@ def measure_layouts(
     return {"rows": rows, "best": best}
 
 
+def best_within(rows: list[dict[str, Any]], in_flight: int) -> dict[str, Any]:
+    """The fastest layout and batch that `in_flight` texts can fill: a load of N concurrent
+    one-text requests never has more than N texts in the server, so two processes cannot
+    both run passes of N (the ceiling of 2 x 1 at batch 32 needs 64 texts at once)."""
+    fits = [r for r in rows if r["processes"] * r["batch"] <= in_flight]
+    return max(fits or rows, key=lambda r: r["texts_per_s"])
+
+
 def batch1_alone(
     folder: Path, form: str, max_length: int, texts: list[str], threads: int, seconds: float
 ) -> float:
     """Milliseconds of one batch-1 forward pass (tokenizing included) of one process with
     `threads` threads, nothing else running: the pass a lone /label request waits for."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        1, mp_context=context, initializer=_join, initargs=(context.Barrier(1),)
+    ) as pool:
         speed = pool.submit(
-            _one_process, str(folder), form, max_length, texts, [1], threads, time.time(), seconds
+            _one_process, str(folder), form, max_length, texts, [1], threads, seconds
         ).result()[0]
     return round(1000 / speed, 2)

@@ -55,7 +55,7 @@ SERVED_VERSION = Gauge(
 SERVED_FORM = Gauge(
     "pfp_served_form",
     "1 for the form of the model this process serves (onnxruntime int8, onnxruntime fp32, "
-    "torch fp32, torch int8)",
+    "torch fp32, torch int8, torch bf16)",
     ["form"],
     multiprocess_mode="liveall",
 )
@@ -66,7 +66,7 @@ BATCH_BOUND = Gauge(
     ["bound"],
     multiprocess_mode="liveall",
 )
-SERVED_FORMS = ("onnxruntime int8", "onnxruntime fp32", "torch fp32", "torch int8")
+SERVED_FORMS = ("onnxruntime int8", "onnxruntime fp32", "torch fp32", "torch int8", "torch bf16")
 BATCH_TEXTS = Histogram(
     "pfp_inference_batch_texts",
     "Texts per forward pass of the model server's micro-batcher",

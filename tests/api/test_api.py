@@ -258,6 +258,9 @@ def test_health_ready_and_metrics(api):
     active = api.get("/models/active").json()
     form, bounds = active["served_form"], active["batching"]
     assert f'pfp_served_form{{form="{form}"}} 1.0' in metrics
+    # Every form it could serve has a series, 0 where not served (a panel keys on them).
+    for other in {"onnxruntime int8", "onnxruntime fp32", "torch bf16"} - {form}:
+        assert f'pfp_served_form{{form="{other}"}} 0.0' in metrics
     assert f'pfp_inference_batch_bound{{bound="texts"}} {float(bounds["max_texts"])}' in metrics
     assert active["served_form_reason"] and bounds["source"] in ("measured", "cached")
     assert active["process"]["pid"] > 0
