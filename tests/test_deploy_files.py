@@ -581,7 +581,13 @@ def test_dashboard_queries_only_metrics_the_app_exports():
             f"(exported pfp_ names: {sorted(n for n in exported if n.startswith('pfp_'))})"
         )
         used |= names
-    for must in ("pfp_inference_batch_texts", "pfp_pseudo_label_confidence", "pfp_jobs"):
+    for must in (
+        "pfp_inference_batch_texts",
+        "pfp_pseudo_label_confidence",
+        "pfp_jobs",
+        "pfp_served_form",  # which form each process serves, and with which bounds
+        "pfp_inference_batch_bound",
+    ):
         assert any(name.startswith(must) for name in used), f"no panel shows {must}"
 
 
