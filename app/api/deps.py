@@ -6,6 +6,7 @@ thread pool, and four thread hand-offs per /label request cost more than the wor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -85,12 +86,31 @@ async def get_job_queue(request: Request) -> Any:
     return request.app.state.job_queue
 
 
+@dataclass(frozen=True)
+class Labeling:
+    """What a labeling route needs, checked and gathered in one dependency: FastAPI's cost
+    is per dependency. Under py-spy at concurrency 32, solving /label's four took 16.5% of
+    its event loop's samples, this one 9.5% (about 0.05 ms of a 0.7 ms loop per request;
+    too little to show in throughput through the noise of interleaved runs)."""
+
+    server: ModelServer
+    writer: StoreWriter
+    settings: Settings
+
+
+async def labeling(request: Request) -> Labeling:
+    """The caller may label (else 401), and the model server, store writer and settings."""
+    await require_labeler(request)
+    state = request.app.state
+    return Labeling(state.model_server, state.store_writer, state.settings)
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 ServerDep = Annotated[ModelServer, Depends(get_model_server)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 WriterDep = Annotated[StoreWriter, Depends(get_store_writer)]
+LabelingDep = Annotated[Labeling, Depends(labeling)]
 QueueDep = Annotated[Any, Depends(get_job_queue)]
 
 ADMIN = [Depends(require_admin)]
-LABELER = [Depends(require_labeler)]
 READER = [Depends(require_reader)]

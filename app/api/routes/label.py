@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter
 
-from app.api.deps import LABELER, ServerDep, SettingsDep, WriterDep
+from app.api.deps import LabelingDep
 from app.api.errors import TooLarge
 from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, LabelResult
 from app.core.config import Settings
@@ -17,7 +17,7 @@ from app.store.pseudo_labels import Prediction
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["label"], dependencies=LABELER)
+router = APIRouter(tags=["label"])
 
 
 def _check_sizes(texts: list[str], settings: Settings) -> None:
@@ -61,24 +61,19 @@ async def _store(writer: StoreWriter, texts: list[str], scored: list[Scored]) ->
 
 
 @router.post("/label", response_model=LabelResult)
-async def label(
-    body: LabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep
-) -> LabelResult:
+async def label(body: LabelRequest, use: LabelingDep) -> LabelResult:
     """Label one text with the active model and store the prediction."""
-    _check_sizes([body.text], settings)
-    scored = await server.predict([body.text])
-    return (await _store(writer, [body.text], scored))[0]
+    _check_sizes([body.text], use.settings)
+    scored = await use.server.predict([body.text])
+    return (await _store(use.writer, [body.text], scored))[0]
 
 
 @router.post("/label/batch", response_model=BatchLabelResult)
-async def label_batch(
-    body: BatchLabelRequest, server: ServerDep, writer: WriterDep, settings: SettingsDep
-) -> BatchLabelResult:
+async def label_batch(body: BatchLabelRequest, use: LabelingDep) -> BatchLabelResult:
     """Label several texts; results come back in the order of `texts`."""
-    if len(body.texts) > settings.max_batch_texts:
-        raise TooLarge(
-            f"{len(body.texts)} texts in one batch; the limit is {settings.max_batch_texts}"
-        )
-    _check_sizes(body.texts, settings)
-    scored = await server.predict(body.texts)
-    return BatchLabelResult(results=await _store(writer, body.texts, scored))
+    limit = use.settings.max_batch_texts
+    if len(body.texts) > limit:
+        raise TooLarge(f"{len(body.texts)} texts in one batch; the limit is {limit}")
+    _check_sizes(body.texts, use.settings)
+    scored = await use.server.predict(body.texts)
+    return BatchLabelResult(results=await _store(use.writer, body.texts, scored))
