@@ -47,8 +47,12 @@ def _one_process(
     from bench.forms import measure_ceiling
 
     torch.set_num_threads(threads)
-    classifier = load_form(Path(folder), form, max_length, threads)
-    classifier.logits(texts[: max(batches)])
+    try:
+        classifier = load_form(Path(folder), form, max_length, threads)
+        classifier.logits(texts[: max(batches)])
+    except BaseException:
+        _together.abort()  # the siblings fail now instead of waiting out the timeout
+        raise
     speeds = []
     for batch in batches:
         # Loading takes seconds and differs by form: the barrier, not a fixed delay,
