@@ -101,14 +101,16 @@ class Labeling:
 async def labeling(request: Request) -> Labeling:
     """The caller may label (else 401), and the model server, store writer and settings."""
     await require_labeler(request)
-    state = request.app.state
-    return Labeling(state.model_server, state.store_writer, state.settings)
+    return Labeling(
+        await get_model_server(request),
+        await get_store_writer(request),
+        await get_app_settings(request),
+    )
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 ServerDep = Annotated[ModelServer, Depends(get_model_server)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-WriterDep = Annotated[StoreWriter, Depends(get_store_writer)]
 LabelingDep = Annotated[Labeling, Depends(labeling)]
 QueueDep = Annotated[Any, Depends(get_job_queue)]
 

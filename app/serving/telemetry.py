@@ -52,10 +52,10 @@ TEXTS_LABELED = Counter("pfp_texts_labeled_total", "Texts labeled and stored", [
 SERVED_VERSION = Gauge(
     "pfp_served_model_version", "Model version this process serves", multiprocess_mode="liveall"
 )
+SERVED_FORMS = ("onnxruntime int8", "onnxruntime fp32", "torch fp32", "torch int8", "torch bf16")
 SERVED_FORM = Gauge(
     "pfp_served_form",
-    "1 for the form of the model this process serves (onnxruntime int8, onnxruntime fp32, "
-    "torch fp32, torch int8, torch bf16)",
+    f"1 for the form of the model this process serves ({', '.join(SERVED_FORMS)})",
     ["form"],
     multiprocess_mode="liveall",
 )
@@ -66,7 +66,6 @@ BATCH_BOUND = Gauge(
     ["bound"],
     multiprocess_mode="liveall",
 )
-SERVED_FORMS = ("onnxruntime int8", "onnxruntime fp32", "torch fp32", "torch int8", "torch bf16")
 BATCH_TEXTS = Histogram(
     "pfp_inference_batch_texts",
     "Texts per forward pass of the model server's micro-batcher",
