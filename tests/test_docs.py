@@ -42,6 +42,21 @@ def test_every_route_is_in_the_api_table():
     assert missing == [], f"routes missing from README.md's API table: {missing}"
 
 
+# The README is the manual a newcomer reads: first run, tour, API, jobs, configuration,
+# deployment and pointers, in about 300 lines with its generated tables. Its own text is
+# held here without them, so a new job parameter or setting does not count against it.
+README_TEXT_MAX_LINES = 230
+
+
+def test_the_readme_stays_a_short_manual():
+    text = re.sub(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", "", README, flags=re.S)
+    lines = text.count("\n")
+    assert lines <= README_TEXT_MAX_LINES, (
+        f"README.md has {lines} lines besides its generated tables (at most "
+        f"{README_TEXT_MAX_LINES}): move long material to a page of docs/ and point to it"
+    )
+
+
 # --- links between the README and docs/ --------------------------------------------------
 
 MANUAL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
