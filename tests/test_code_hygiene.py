@@ -32,20 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES_PENDING = {
     "app/api/deps.py",
     "app/core/busy.py",
-    "app/ml/job_params.py",
-    "app/ml/joint.py",
     "app/ml/onnx_runtime.py",
     "app/ml/serving_forms.py",
-    "app/ml/training.py",
     "app/serving/batch_tuning.py",
     "app/serving/model_server.py",
 }
 LENGTH_PENDING = {
-    "app/ml/training.py",
     "app/serving/model_server.py",
     "bench/__main__.py",
     "bench/store_size.py",
-    "research/repro.py",
 }
 
 # --- measured figures ---------------------------------------------------------------------

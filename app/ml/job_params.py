@@ -347,7 +347,7 @@ def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
 
 def assignment(text: str) -> tuple[str, Any]:
     """One parameter from a command line, `NAME=VALUE`: the value is read as JSON where it
-    parses (2, 0.5, true, null), else as text (label_mode=hard). NAME is any name a body
+    parses (a number, true, null), else as text (label_mode=hard). NAME is any name a body
     takes: flat, dotted or top-level."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
