@@ -41,6 +41,13 @@ def _items(live: LiveApi, queue: str = "uncertainty", status: str | None = None)
         return reviews.list_items(session, queue, status=status, limit=100)
 
 
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_keys_are_numbers_and_unambiguous_first_letters():
     keys = class_keys(LABELS)  # negative and neutral share their first letter
     assert keys == {"1": "negative", "2": "neutral", "3": "positive", "p": "positive"}
@@ -152,20 +159,14 @@ def test_labelstudio_and_csv_files_out_and_back(live, capsys, tmp_path):
     assert status == 0 and "Wrote 3 rows" in err
     rows = list(csv.DictReader(sheet.open()))
     rows[0]["label"] = "positive"
-    with sheet.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["id", "text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(sheet, rows)
     status, out, _ = pfp(capsys, live, "review", "import", str(sheet))
     assert status == 0 and "1 labeled" in out
     assert len(_items(live, status="labeled")) == 3
 
     # A bad file: the API's reason, naming the row, and exit status 1; nothing changes.
     rows[1]["label"] = "sarcastic"
-    with sheet.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["id", "text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(sheet, rows)
     status, _, err = pfp(capsys, live, "review", "import", str(sheet))
     assert status == 1 and "row 2: unknown class 'sarcastic'" in err
     assert len(_items(live, status="labeled")) == 3

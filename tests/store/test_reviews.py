@@ -33,6 +33,15 @@ def _uncertain(text: str, priority: float, label: str = "neutral", row_id: int =
     return Uncertain(text, row_id, 1, label, "margin", 1.0 - priority, priority)
 
 
+def _one_uncertain(store: Store, text: str) -> int:
+    """An active model and one open uncertainty item; its id."""
+    _activate(store)
+    with store.session() as session:
+        reviews.add_uncertain(session, [_uncertain(text, 0.9)])
+        [item] = reviews.list_items(session, "uncertainty")
+        return item.id
+
+
 def _gold(store: Store) -> list[tuple[str, str, str, str]]:
     with store.session() as session:
         rows = session.execute(
@@ -113,11 +122,7 @@ def test_the_database_refuses_a_second_item_for_one_text(any_store: Store):
 
 
 def test_an_uncertainty_label_joins_gold_train_at_once(any_store: Store):
-    _activate(any_store)
-    with any_store.session() as session:
-        reviews.add_uncertain(session, [_uncertain("@united is this gate 12?", 0.9)])
-        [item] = reviews.list_items(session, "uncertainty")
-        item_id = item.id
+    item_id = _one_uncertain(any_store, "@united is this gate 12?")
     with any_store.session() as session:
         labeled = reviews.label_item(session, item_id, "neutral", "cli", annotator="ana")
         assert (labeled.status, labeled.label, labeled.labeled_via) == ("labeled", "neutral", "cli")
@@ -158,11 +163,7 @@ def test_a_disagreement_label_waits_for_the_gate_then_teaches(any_store: Store):
 
 
 def test_bad_labels_are_refused_and_change_nothing(any_store: Store):
-    _activate(any_store)
-    with any_store.session() as session:
-        reviews.add_uncertain(session, [_uncertain("t", 0.9)])
-        [item] = reviews.list_items(session, "uncertainty")
-        item_id = item.id
+    item_id = _one_uncertain(any_store, "t")
     with (
         pytest.raises(reviews.UnknownClass, match="'sarcastic'.*classes are"),
         any_store.session() as session,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import ADMIN, StoreDep
@@ -30,6 +30,7 @@ from app.api.schemas import (
 )
 from app.store import review_files, reviews, uncertainty
 from app.store.database import Store
+from app.store.tables import ReviewItem
 
 router = APIRouter(prefix="/review", tags=["review"], dependencies=ADMIN)
 
@@ -146,14 +147,19 @@ def fill_uncertainty(
     )
 
 
-def _export_items(
-    store: Store, queue: str, status: str, job_id: str | None, limit: int
-) -> list[Any]:
+def _exported_items(
+    store: StoreDep,
+    queue: str,
+    status: Status = "open",
+    job_id: JobFilter = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Most items in the file.")] = 1000,
+) -> list[ReviewItem]:
+    """What an export writes: a queue's items of one status (and job), in queue order."""
     with _refusals(), store.session() as session:
         return reviews.list_items(session, queue, status=status, job_id=job_id, limit=limit)
 
 
-ExportLimit = Annotated[int, Query(ge=1, le=10_000, description="Most items in the file.")]
+ExportedItems = Annotated[list[ReviewItem], Depends(_exported_items)]
 
 
 def _attachment(name: str) -> dict[str, str]:
@@ -164,17 +170,10 @@ def _attachment(name: str) -> dict[str, str]:
     "/queues/{queue}/export/labelstudio",
     responses={200: {"description": "A JSON list of Label Studio tasks (Project > Import)."}},
 )
-def export_labelstudio(
-    store: StoreDep,
-    queue: str,
-    status: Status = "open",
-    job_id: JobFilter = None,
-    limit: ExportLimit = 1000,
-) -> JSONResponse:
+def export_labelstudio(queue: str, items: ExportedItems) -> JSONResponse:
     """A queue's items as Label Studio tasks: the text, the item's id (data.pfp_review_id)
     and the models' answers as predictions; import the file into a project whose labeling
     config is `GET /review/labelstudio/config`."""
-    items = _export_items(store, queue, status, job_id, limit)
     tasks = [review_files.labelstudio_task(item) for item in items]
     return JSONResponse(tasks, headers=_attachment(f"review-{queue}.json"))
 
@@ -183,16 +182,9 @@ def export_labelstudio(
     "/queues/{queue}/export/csv",
     responses={200: {"content": {"text/csv": {}}, "description": "id,text,label"}},
 )
-def export_csv(
-    store: StoreDep,
-    queue: str,
-    status: Status = "open",
-    job_id: JobFilter = None,
-    limit: ExportLimit = 1000,
-) -> Response:
+def export_csv(queue: str, items: ExportedItems) -> Response:
     """A queue's items as CSV `id,text,label` (label empty until given): fill the label
     column and send it back to `import/csv`."""
-    items = _export_items(store, queue, status, job_id, limit)
     return Response(
         review_files.csv_text(items),
         media_type="text/csv; charset=utf-8",
