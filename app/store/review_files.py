@@ -5,7 +5,7 @@ Out: each Label Studio task carries the item's text, its id (in `data`, which ev
 Label Studio version keeps, and in `meta`) and the models' answers as predictions, so the
 annotator sees what the models said. In: a Label Studio JSON export (the project's
 Export > JSON) or the CSV with its `label` column filled; each task or row becomes an
-`Answer` (app/store/reviews.py), read back to its item by id, else by its text. A file that
+`Answer` (app/store/review_answers.py), read back to its item by id, else by its text. A file that
 cannot be read raises `ReviewFileError` naming the task or row; nothing is written.
 """
 
@@ -20,7 +20,8 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from app.core.texts import storable
-from app.store.reviews import DISAGREEMENT, Answer
+from app.store.review_answers import Answer
+from app.store.reviews import DISAGREEMENT
 from app.store.tables import ReviewItem
 
 # The names the labeling config gives its two tags; results are read back by them.

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from app.store import gold, reviews, versions
+from app.store import gold, review_answers, reviews, versions
 from app.store.database import Store
-from app.store.reviews import Answer, Disagreement, Uncertain
+from app.store.review_answers import Answer
+from app.store.reviews import Disagreement, Uncertain
 from app.store.tables import GoldExample, ReviewItem
 from tests.conftest import LABELS
 
@@ -124,7 +125,7 @@ def test_the_database_refuses_a_second_item_for_one_text(any_store: Store):
 def test_an_uncertainty_label_joins_gold_train_at_once(any_store: Store):
     item_id = _one_uncertain(any_store, "@united is this gate 12?")
     with any_store.session() as session:
-        labeled = reviews.label_item(session, item_id, "neutral", "cli", annotator="ana")
+        labeled = review_answers.label_item(session, item_id, "neutral", "cli", annotator="ana")
         assert (labeled.status, labeled.label, labeled.labeled_via) == ("labeled", "neutral", "cli")
         assert labeled.annotator == "ana" and labeled.labeled_at is not None
     assert _gold(any_store) == [
@@ -140,11 +141,11 @@ def test_a_disagreement_label_waits_for_the_gate_then_teaches(any_store: Store):
     _disagree(any_store, "job-b", ["four"])
     with any_store.session() as session:
         ids = [i.id for i in reviews.list_items(session, "disagreement", job_id="job-a")]
-        reviews.label_item(session, ids[0], "positive", "api")
-        reviews.label_item(session, ids[2], "negative", "dashboard")
-        reviews.skip_item(session, ids[1], "api")
+        review_answers.label_item(session, ids[0], "positive", "api")
+        review_answers.label_item(session, ids[2], "negative", "dashboard")
+        review_answers.skip_item(session, ids[1], "api")
         [four] = reviews.list_items(session, "disagreement", job_id="job-b")
-        reviews.label_item(session, four.id, "neutral", "api")
+        review_answers.label_item(session, four.id, "neutral", "api")
     assert _gold(any_store) == []  # nothing teaches before the decision
     with any_store.session() as session:
         judged = reviews.labeled_disagreements(session, "job-a")
@@ -168,19 +169,19 @@ def test_bad_labels_are_refused_and_change_nothing(any_store: Store):
         pytest.raises(reviews.UnknownClass, match="'sarcastic'.*classes are"),
         any_store.session() as session,
     ):
-        reviews.label_item(session, item_id, "sarcastic", "api")
+        review_answers.label_item(session, item_id, "sarcastic", "api")
     with pytest.raises(reviews.ItemNotFound), any_store.session() as session:
-        reviews.label_item(session, item_id + 100, "neutral", "api")
+        review_answers.label_item(session, item_id + 100, "neutral", "api")
     with any_store.session() as session:
         assert reviews.get_item(session, item_id).status == "open"
-        reviews.label_item(session, item_id, "neutral", "api")
+        review_answers.label_item(session, item_id, "neutral", "api")
     with (
         pytest.raises(reviews.AlreadyLabeled, match="already labeled 'neutral'"),
         any_store.session() as session,
     ):
-        reviews.label_item(session, item_id, "positive", "api")
+        review_answers.label_item(session, item_id, "positive", "api")
     with pytest.raises(reviews.AlreadyLabeled), any_store.session() as session:
-        reviews.skip_item(session, item_id, "api")
+        review_answers.skip_item(session, item_id, "api")
     with any_store.session() as session:
         item = reviews.get_item(session, item_id)
         assert (item.status, item.label) == ("labeled", "neutral")
@@ -192,7 +193,7 @@ def test_before_the_first_model_there_are_no_classes(any_store: Store):
         reviews.add_uncertain(session, [_uncertain("t", 0.9)])
         [item] = reviews.list_items(session, "uncertainty")
         with pytest.raises(reviews.NoClasses):
-            reviews.label_item(session, item.id, "neutral", "api")
+            review_answers.label_item(session, item.id, "neutral", "api")
 
 
 def test_a_skipped_item_leaves_the_open_list_and_may_still_be_labeled(any_store: Store):
@@ -200,14 +201,14 @@ def test_a_skipped_item_leaves_the_open_list_and_may_still_be_labeled(any_store:
     with any_store.session() as session:
         reviews.add_uncertain(session, [_uncertain("a", 0.9), _uncertain("b", 0.8)])
         first = reviews.list_items(session, "uncertainty")[0]
-        skipped = reviews.skip_item(session, first.id, "cli")
+        skipped = review_answers.skip_item(session, first.id, "cli")
         assert skipped.status == "skipped"
-        assert reviews.skip_item(session, first.id, "cli").status == "skipped"  # harmless
+        assert review_answers.skip_item(session, first.id, "cli").status == "skipped"  # harmless
         assert [i.text for i in reviews.list_items(session, "uncertainty")] == ["b"]
         assert [i.text for i in reviews.list_items(session, "uncertainty", status="skipped")] == [
             "a"
         ]
-        labeled = reviews.label_item(session, first.id, "positive", "labelstudio")
+        labeled = review_answers.label_item(session, first.id, "positive", "labelstudio")
         assert (labeled.status, labeled.label) == ("labeled", "positive")
 
 
@@ -218,10 +219,10 @@ def test_of_two_people_answering_at_once_the_second_is_told(any_store: Store):
     with any_store.session() as first:
         seen = reviews.list_items(first, "uncertainty")[0]  # read while still open
         with any_store.session() as second:
-            reviews.label_item(second, seen.id, "negative", "dashboard")
+            review_answers.label_item(second, seen.id, "negative", "dashboard")
         assert seen.status == "open"
         with pytest.raises(reviews.AlreadyLabeled, match="'negative'"):
-            reviews._set_label(first, seen, "positive", "cli", None, "")
+            review_answers._set_label(first, seen, "positive", "cli", None, "")
     with any_store.session() as session:
         assert reviews.get_item(session, seen.id).label == "negative"
 
@@ -234,9 +235,9 @@ def test_file_answers_are_taken_all_or_none(any_store: Store):
         )
         ids = {i.text: i.id for i in reviews.list_items(session, "uncertainty")}
 
-    def apply(answers: list[Answer]) -> reviews.Imported:
+    def apply(answers: list[Answer]) -> review_answers.Imported:
         with any_store.session() as session:
-            return reviews.apply_answers(session, "uncertainty", answers, "csv")
+            return review_answers.apply_answers(session, "uncertainty", answers, "csv")
 
     good = [
         Answer("row 1", ids["a"], "a", "positive"),
@@ -256,12 +257,12 @@ def test_file_answers_are_taken_all_or_none(any_store: Store):
             assert reviews.counts(session)["uncertainty"]["open"] == 4, bad
         assert _gold(any_store) == []
 
-    assert apply(good) == reviews.Imported(labeled=2, skipped=1, unchanged=0)
+    assert apply(good) == review_answers.Imported(labeled=2, skipped=1, unchanged=0)
     with any_store.session() as session:
         b = reviews.get_item(session, ids["b"])
         assert (b.label, b.labeled_via, b.annotator) == ("negative", "csv", "7")
     # The same file again changes nothing; a different label for a labeled item is refused.
-    assert apply(good) == reviews.Imported(labeled=0, skipped=0, unchanged=3)
+    assert apply(good) == review_answers.Imported(labeled=0, skipped=0, unchanged=3)
     with pytest.raises(reviews.AlreadyLabeled, match="row 9: review item"):
         apply([Answer("row 9", ids["a"], None, "neutral")])
     # A label for the skipped item is taken.
@@ -274,7 +275,7 @@ def test_answers_by_text_in_the_disagreement_queue_go_to_the_newest_open_item(an
     _disagree(any_store, "job-a", ["same text"])
     _disagree(any_store, "job-b", ["same text"])
     with any_store.session() as session:
-        result = reviews.apply_answers(
+        result = review_answers.apply_answers(
             session, "disagreement", [Answer("task 1", None, "same text", "neutral")], "labelstudio"
         )
         assert result.labeled == 1

@@ -1,4 +1,4 @@
-"""Review queues: what people label, and their answers (app/store/reviews.py).
+"""Review queues: what people label, and their answers (app/store/reviews.py, review_answers.py).
 
 The disagreement queue is filled by jobs; the uncertainty queue on demand (`fill`). Both
 are answered the same ways: here one item at a time (`pfp review` and the dashboard use
@@ -28,7 +28,7 @@ from app.api.schemas import (
     UncertaintyFillRequest,
     UncertaintyFillResult,
 )
-from app.store import review_files, reviews, uncertainty
+from app.store import review_answers, review_files, reviews, uncertainty
 from app.store.database import Store
 from app.store.tables import ReviewItem
 
@@ -115,7 +115,7 @@ def label_item(store: StoreDep, item_id: ItemId, body: ReviewLabelRequest) -> Re
     uncertainty item's text joins the gold train split at once; a disagreement's after the
     gate has decided its job."""
     with _refusals(), store.session() as session:
-        item = reviews.label_item(session, item_id, body.label, body.via, body.annotator)
+        item = review_answers.label_item(session, item_id, body.label, body.via, body.annotator)
         return ReviewItemView.model_validate(item)
 
 
@@ -127,7 +127,7 @@ def skip_item(
     such item, 409 labeled already. Skipping twice is harmless."""
     body = body or ReviewSkipRequest()
     with _refusals(), store.session() as session:
-        item = reviews.skip_item(session, item_id, body.via, body.annotator)
+        item = review_answers.skip_item(session, item_id, body.via, body.annotator)
         return ReviewItemView.model_validate(item)
 
 
@@ -206,7 +206,7 @@ def labelstudio_config(store: StoreDep) -> Response:
 
 def _import(store: Store, queue: str, read: review_files.Answers, via: str) -> ReviewImportResult:
     with _refusals(), store.session() as session:
-        done = reviews.apply_answers(session, queue, read.answers, via)
+        done = review_answers.apply_answers(session, queue, read.answers, via)
     return ReviewImportResult(
         labeled=done.labeled,
         skipped=done.skipped,
