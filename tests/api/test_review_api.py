@@ -19,7 +19,7 @@ from app.store.reviews import Disagreement
 from app.store.tables import GoldExample
 from tests.conftest import LABEL_KEY, LABELS
 
-EXPORT_FIXTURE = Path(__file__).parent / "data" / "labelstudio_export.json"
+EXPORT_FIXTURE = Path(__file__).parent / "fixtures" / "labelstudio_export.json"
 TEXTS = [
     "@united is the 6am to Denver still on time",
     "@jetblue seat 14C or 22A, which is quieter?",
