@@ -14,7 +14,7 @@ from prometheus_client import multiprocess
 
 from app.api.errors import InternalErrors, install_error_handlers
 from app.api.limits import RequestLimits
-from app.api.routes import gold, health, jobs, label, labels, models, retention, stats
+from app.api.routes import gold, health, jobs, label, labels, models, retention, review, stats
 from app.core.config import Settings, get_settings
 from app.core.logs import RequestIdMiddleware, configure_logging
 from app.core.security import ApiKeys
@@ -97,7 +97,7 @@ def create_app(
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request carries its id
-    for module in (label, labels, gold, jobs, models, stats, retention, health):
+    for module in (label, labels, gold, jobs, models, stats, retention, review, health):
         app.include_router(module.router)
     install_dashboard(app)
     return app

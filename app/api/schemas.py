@@ -249,3 +249,112 @@ class RetentionRunView(BaseModel):
     error: str | None
     created_at: UtcDatetime
     finished_at: UtcDatetime | None
+
+
+class QueueCounts(BaseModel):
+    queue: str
+    open: int
+    labeled: int
+    skipped: int
+
+
+class ReviewQueuesView(BaseModel):
+    classes: list[str] = Field(
+        description="The classes a label may be: the active model's labels (empty before it)."
+    )
+    queues: list[QueueCounts]
+
+
+class ReviewItemView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    queue: str
+    text: str
+    text_sha256: str = Field(description="SHA-256 of the text: how imports find it without id.")
+    status: str = Field(description="open, labeled or skipped.")
+    label: str | None
+    labeled_via: str | None = Field(
+        description="How the label (or skip) came: api, cli, dashboard, labelstudio, csv."
+    )
+    annotator: str | None
+    pseudo_label_id: int | None = Field(description="The stored pseudo-label it came from.")
+    job_id: str | None = Field(description="disagreement: the job whose candidate disagreed.")
+    candidate_version: int | None
+    candidate_label: str | None
+    champion_version: int | None
+    champion_label: str | None
+    model_version: int | None = Field(description="uncertainty: the model that was unsure.")
+    predicted_label: str | None
+    score_kind: str | None = Field(description="uncertainty: margin or entropy.")
+    score: float | None = Field(
+        description="uncertainty: top-two probability margin (small: unsure) or entropy "
+        "(large: unsure)."
+    )
+    created_at: UtcDatetime
+    labeled_at: UtcDatetime | None
+
+
+class ReviewItemPage(BaseModel):
+    items: list[ReviewItemView]
+    total: int = Field(description="Items of the queue with this status (and job).")
+    next_offset: int | None = Field(
+        description="Pass as offset for the next page; null at the end."
+    )
+
+
+ReviewVia = Literal["api", "cli", "dashboard"]
+
+
+def _storable_annotator(value: str | None) -> str | None:
+    return None if value is None else storable(value, "annotator")
+
+
+class ReviewLabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(min_length=1, max_length=200, description="One of the classes.")
+    via: ReviewVia = Field("api", description="What the person labeled with.")
+    annotator: str | None = Field(None, max_length=200, description="Who labeled, if said.")
+
+    _check_label = field_validator("label")(_storable_label)
+    _check_annotator = field_validator("annotator")(_storable_annotator)
+
+
+class ReviewSkipRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    via: ReviewVia = "api"
+    annotator: str | None = Field(None, max_length=200)
+
+    _check_annotator = field_validator("annotator")(_storable_annotator)
+
+
+class UncertaintyFillRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(50, ge=1, le=1000, description="Most texts to add.")
+    score: Literal["margin", "entropy"] = Field(
+        "margin", description="How unsure: top-two probability margin, or entropy."
+    )
+    scan: int = Field(
+        20_000, ge=1, le=200_000, description="How many of the newest stored texts to look at."
+    )
+
+
+class UncertaintyFillResult(BaseModel):
+    added: int
+    scanned: int = Field(description="Stored predictions looked at.")
+    eligible: int = Field(description="Of their texts, those neither gold nor ever queued.")
+    open: int = Field(description="Open items in the uncertainty queue now.")
+
+
+class ReviewCsvImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    csv: str = Field(
+        description="CSV text with a header row naming `label` and `id` or `text` "
+        "(as exported: id,text,label); rows with an empty label are left out."
+    )
+
+
+class ReviewImportResult(BaseModel):
+    labeled: int
+    skipped: int = Field(description="Items skipped (Label Studio: every annotation cancelled).")
+    unchanged: int = Field(description="Answers the store had already (a file imported twice).")
+    unanswered: int = Field(description="Tasks without an annotation, rows without a label.")

@@ -10,7 +10,8 @@ worker       a Celery worker (add --beat on a single machine; --queues training 
 beat         Celery beat, the retraining schedule
 bootstrap    fine-tune and publish the first model if none is active, then exit
 
-Operating it (over HTTP, against --url / PFP_URL; see data.py, jobs.py, models.py, retention.py):
+Operating it (over HTTP, against --url / PFP_URL; see data.py, jobs.py, models.py, retention.py,
+review.py):
 
 import-gold  import human labels from a CSV or JSONL file
 label        label every text of a file; predictions to stdout or a file
@@ -18,6 +19,7 @@ export       stored pseudo-labels as JSON lines, CSV or Parquet, filtered
 jobs         list, submit, watch and cancel retraining jobs
 models       list versions, activate one
 retention    archive old pseudo-labels to Parquet and delete them (dry-run first)
+review       label the review queues in the terminal; Label Studio and CSV files
 
 Exit status: 0 done; 1 the API refused (its message is printed) or a watched job failed;
 2 bad arguments or input file; 3 the service could not be reached.
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.cli import common, data, jobs, models, retention
+from app.cli import common, data, jobs, models, retention, review
 from app.cli.client import ClientError
 from app.core.config import Settings, get_settings
 from workers.queues import MAINTENANCE_QUEUE, QUEUES, TRAINING_QUEUE
@@ -295,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_bootstrap
     )
     connection = common.connection_options()
-    for commands in (data, jobs, models, retention):
+    for commands in (data, jobs, models, retention, review):
         commands.add_commands(sub, connection)
     return parser
 

@@ -10,7 +10,7 @@ admin key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
@@ -19,10 +19,10 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.deps import ADMIN, READER, ServerDep, StoreDep
 from app.api.routes.stats import load_label_stats
-from app.api.schemas import JobView, ModelView
+from app.api.schemas import JobView, ModelView, ReviewItemView
 from app.core.times import iso_utc
 from app.dashboard import charts
-from app.store import jobs, stats, versions
+from app.store import jobs, reviews, stats, versions
 
 HERE = Path(__file__).resolve().parent
 JOBS_SHOWN = 20  # the jobs table and the script's polling of GET /jobs show the same number
@@ -177,3 +177,22 @@ def stats_fragment(
         totals=totals,
         colors={label: charts.color_for(i) for i, label in enumerate(figures.labels)},
     )
+
+
+@router.get("/dashboard/fragments/review", response_class=HTMLResponse, dependencies=ADMIN)
+def review_fragment(
+    request: Request,
+    store: StoreDep,
+    queue: Literal["uncertainty", "disagreement"] = "uncertainty",
+) -> HTMLResponse:
+    """The next open item of a review queue, a button per class, and the queue's progress
+    (the same routes as `pfp review` answer it: POST /review/items/{id}/label)."""
+    with store.session() as session:
+        counts = reviews.counts(session)[queue]
+        first = reviews.list_items(session, queue, limit=1)
+        item = ReviewItemView.model_validate(first[0]) if first else None
+        try:
+            classes = reviews.active_classes(session)
+        except reviews.NoClasses:
+            classes = []
+    return _render(request, "review.html", queue=queue, counts=counts, item=item, classes=classes)

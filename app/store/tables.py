@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -138,3 +150,63 @@ class RetentionRun(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReviewItem(Base):
+    """A text waiting for (or given) a person's label, in one of two review queues.
+
+    `disagreement`: a text the candidate of job `job_id` and its champion label differently;
+    its label judges the candidate before it teaches. `uncertainty`: a stored text the
+    serving model was least sure of; its label joins the gold train split at once.
+    A text is queued once per queue (per job for disagreements), whatever became of it.
+    """
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        Index("ix_review_items_queue_status", "queue", "status"),
+        # The dedup rules, as partial unique indexes: NULL job ids would not collide in a
+        # plain unique constraint, and each queue has its own key.
+        Index(
+            "uq_review_items_uncertainty_text",
+            "text_sha256",
+            unique=True,
+            sqlite_where=sql_text("queue = 'uncertainty'"),
+            postgresql_where=sql_text("queue = 'uncertainty'"),
+        ),
+        Index(
+            "uq_review_items_disagreement_job_text",
+            "job_id",
+            "text_sha256",
+            unique=True,
+            sqlite_where=sql_text("queue = 'disagreement'"),
+            postgresql_where=sql_text("queue = 'disagreement'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    queue: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # Not a foreign key: retention deletes pseudo-labels, the review item stays.
+    pseudo_label_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # disagreement: the job whose candidate disagreed with its champion, and both answers.
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    candidate_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    candidate_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    champion_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    champion_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # uncertainty: what the model that stored the text said, and how unsure it was.
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    predicted_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    score_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The order the queue is served in, comparable across score kinds: 1 - margin, or the
+    # entropy over its maximum; 1 is the most uncertain.
+    priority: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # How the answer came (api, cli, dashboard, labelstudio, csv) and who gave it, if said.
+    labeled_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    annotator: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -266,6 +267,25 @@ BROWSER_ARGS = [
 ]
 
 
+def open_page(pw: Any, executable: str, expected: str) -> tuple[Any, Any, list[str]]:
+    """A headless Chromium and a wide page in it; the page's script errors, and console
+    errors except the failed requests matching `expected`, collect in the list."""
+    browser = pw.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and not re.search(expected, msg.text)
+            else None
+        ),
+    )
+    return browser, page, errors
+
+
 @pytest.mark.integration  # a real browser against a live server
 def test_dashboard_in_chromium(live_server: LiveServer, tmp_path: Path):
     executable = _chromium_or_skip()
@@ -274,20 +294,8 @@ def test_dashboard_in_chromium(live_server: LiveServer, tmp_path: Path):
     live = live_server
     _seed_history(live)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(15_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
         # The wrong key's 401 and the label key's 403s are expected; nothing else may fail.
-        page.on(
-            "console",
-            lambda msg: (
-                errors.append(msg.text)
-                if msg.type == "error" and not re.search(r"status of 40[13]\b", msg.text)
-                else None
-            ),
-        )
+        browser, page, errors = open_page(pw, executable, expected=r"status of 40[13]\b")
         page.on("dialog", lambda dialog: dialog.accept())  # the activate confirmation
         page.goto(f"{live.url}/dashboard")
 

@@ -210,6 +210,32 @@ def test_a_postgres_store_from_before_64_bit_ids_is_widened(postgres_url: str):
     engine.dispose()
 
 
+def test_the_review_queues_arrive_on_a_store_at_0002_and_go_with_its_downgrade(
+    db_url: str, raw_engine: Engine
+):
+    with raw_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+    assert "review_items" not in inspect(raw_engine).get_table_names()
+
+    open_store(db_url)
+    indexes = {i["name"]: i for i in inspect(raw_engine).get_indexes("review_items")}
+    where = f"{raw_engine.dialect.name}_where"
+    # One item per text in the uncertainty queue, per job and text in the disagreement one.
+    for name, columns, queue in [
+        ("uq_review_items_uncertainty_text", ["text_sha256"], "uncertainty"),
+        ("uq_review_items_disagreement_job_text", ["job_id", "text_sha256"], "disagreement"),
+    ]:
+        index = indexes[name]
+        assert index["unique"] and index["column_names"] == columns
+        assert queue in str(index["dialect_options"][where])
+    assert indexes["ix_review_items_queue_status"]["column_names"] == ["queue", "status"]
+
+    with raw_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+    assert "review_items" not in inspect(raw_engine).get_table_names()
+    assert revisions(raw_engine) == ["0002"]
+
+
 def test_a_store_from_a_newer_release_is_refused(db_url: str, raw_engine: Engine):
     open_store(db_url)
     with raw_engine.begin() as conn:

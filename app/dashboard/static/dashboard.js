@@ -8,7 +8,9 @@
   const KEY_SLOT = "pfp.apiKey";
   const POLL_MS = 1000;
   const $ = (id) => document.getElementById(id);
-  const state = { bucket: "hour", selectedJob: null, admin: null, timer: null, polling: false };
+  const state = {
+    bucket: "hour", queue: "uncertainty", selectedJob: null, admin: null, timer: null, polling: false,
+  };
 
   const key = () => sessionStorage.getItem(KEY_SLOT);
 
@@ -83,6 +85,7 @@
 
   const loadVersions = () => loadFragment("versions");
   const loadStats = () => loadFragment("stats", `?bucket=${state.bucket}`);
+  const loadReview = () => loadFragment("review", `?queue=${state.queue}`);
 
   async function loadJobs() {
     const query = state.selectedJob ? `?selected=${encodeURIComponent(state.selectedJob)}` : "";
@@ -139,8 +142,13 @@
     const jobsOk = await loadJobs();
     state.admin = jobsOk;
     $("role-pill").textContent = jobsOk ? "admin key" : "label key · read-only";
-    if (jobsOk) loadStats();
-    else showNotice($("stats"), "Traffic charts need an admin key.");
+    if (jobsOk) {
+      loadStats();
+      loadReview();
+    } else {
+      showNotice($("stats"), "Traffic charts need an admin key.");
+      showNotice($("review"), "The review queues need an admin key.");
+    }
     if (state.timer === null) state.timer = setInterval(pollJobs, POLL_MS);
   }
 
@@ -155,7 +163,9 @@
     sessionStorage.removeItem(KEY_SLOT);
     if (state.timer !== null) clearInterval(state.timer);
     Object.assign(state, { timer: null, admin: null, selectedJob: null });
-    for (const id of ["active", "jobs", "versions", "stats"]) $(id).textContent = "Loading…";
+    for (const id of ["active", "jobs", "versions", "stats", "review"]) {
+      $(id).textContent = "Loading…";
+    }
     $("label-result").hidden = true;
     $("main").hidden = true;
     $("session").hidden = true;
@@ -227,6 +237,52 @@
     }
   }
 
+  // A review answer: a label or a skip for one item, or filling the uncertainty queue; the
+  // fragment then shows the next open item. A refusal (labeled meanwhile by someone else,
+  // say) is shown, and the queue reloaded.
+  async function answerReview(button) {
+    $("review-error").textContent = "";
+    const item = button.dataset.itemId || button.dataset.reviewSkip;
+    let path;
+    let body;
+    if (button.dataset.reviewLabel !== undefined) {
+      path = `/review/items/${encodeURIComponent(item)}/label`;
+      body = { label: button.dataset.reviewLabel, via: "dashboard" };
+    } else if (button.dataset.reviewSkip !== undefined) {
+      path = `/review/items/${encodeURIComponent(item)}/skip`;
+      body = { via: "dashboard" };
+    } else {
+      path = "/review/queues/uncertainty/fill";
+      body = { size: Number(button.dataset.reviewFill) };
+    }
+    $("review").querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    try {
+      await call(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 401) {
+        handleError(err, null);
+        return;
+      }
+      $("review-error").textContent = `${err.status || ""} ${err.message}`.trim();
+    }
+    await loadReview();
+  }
+
+  // Keys answer the item shown, as in `pfp review`: 1-9 a class, s skip. Not while typing.
+  function reviewKey(event) {
+    if (state.admin !== true || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest("input, textarea, select")) return;
+    const button = $("review").querySelector(`button[data-key="${CSS.escape(event.key)}"]`);
+    if (button && !button.disabled) {
+      event.preventDefault();
+      answerReview(button);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     $("connect-form").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -246,6 +302,21 @@
       if (!row) return;
       state.selectedJob = row.dataset.jobId;
       loadJobs();
+    });
+    $("review").addEventListener("click", (event) => {
+      const button = event.target.closest(
+        "button[data-review-label], button[data-review-skip], button[data-review-fill]");
+      if (button && !button.disabled) answerReview(button);
+    });
+    document.addEventListener("keydown", reviewKey);
+    document.querySelectorAll("[data-queue]").forEach((button) => {
+      button.addEventListener("click", () => {
+        state.queue = button.dataset.queue;
+        document.querySelectorAll("[data-queue]").forEach((b) =>
+          b.classList.toggle("selected", b === button));
+        $("review-error").textContent = "";
+        if (state.admin) loadReview();
+      });
     });
     document.querySelectorAll("[data-bucket]").forEach((button) => {
       button.addEventListener("click", () => {
