@@ -20,8 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from app.core.busy import TrainingYield
 from app.core.config import Settings
+from app.core.serving_beacon import TrainingYield
 from app.ml.job_params import JobParams
 from app.ml.method import fine_tune_on_gold, pretrain_on_predictions
 from app.ml.modeling import Classifier, load_classifier, save_classifier
@@ -75,7 +75,7 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         params = JobParams.model_validate(job.params).at_length(settings.max_length)
         pool_upto = job.pool_upto_id
 
-    # Pause between steps while an API process on this machine serves (app/core/busy.py).
+    # Pause between steps while an API process here serves (app/core/serving_beacon.py).
     courtesy = TrainingYield(settings.models_path, settings.worker_min_share)
     reporter = JobReporter(store, job_id, STAGES, between_steps=courtesy)
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from app.ml.modeling import Classifier
-from app.serving.batching import plan_forward_passes
+from app.serving.batch_callers import plan_forward_passes
 
 log = logging.getLogger(__name__)
 

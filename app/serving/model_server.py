@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from app.core.busy import ServingBeacon
 from app.core.config import Settings
 from app.core.logs import request_id
+from app.core.serving_beacon import ServingBeacon
 from app.ml.modeling import Classifier, load_classifier
 from app.ml.onnx_runtime import OnnxUnavailable
 from app.ml.serving_forms import BF16_FORM, bf16_gate, choose_form, load_form
 from app.registry import version_dir
+from app.serving.batch_callers import failed_alone, named_thread, plan_forward_passes, settle
 from app.serving.batch_tuning import (
     DEFAULT_MAX_TEXTS,
     DEFAULT_MAX_TOKENS,
@@ -35,7 +36,6 @@ from app.serving.batch_tuning import (
     speed_at,
     tuned_bounds,
 )
-from app.serving.batching import failed_alone, named_thread, plan_forward_passes, settle
 from app.serving.telemetry import BATCH_TEXTS, QUEUE_TEXTS, show_served
 from app.store import versions
 from app.store.database import Store

@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.main import create_app
 from app.ml.modeling import init_classifier, load_classifier
 from app.registry import version_dir
-from app.serving.batching import plan_forward_passes
+from app.serving.batch_callers import plan_forward_passes
 from app.serving.model_server import ModelServer, ServedModel
 from app.serving.store_writer import StoreWriter
 from app.store.database import Store
@@ -104,7 +104,7 @@ def test_int8_keeps_the_predictions_of_a_trained_classifier(tiny_base: Path):
 
 
 def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Path):
-    from app.core.busy import ServingBeacon, TrainingYield, machine_id, serving_busy
+    from app.core.serving_beacon import ServingBeacon, TrainingYield, machine_id, serving_busy
 
     models = tmp_path / "models"
     assert not serving_busy(models)  # no API process has served yet
@@ -138,7 +138,7 @@ def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Pa
 
 
 def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
-    from app.core.busy import ServingBeacon, TrainingYield
+    from app.core.serving_beacon import ServingBeacon, TrainingYield
 
     ServingBeacon(tmp_path).mark_busy()
     yielder = TrainingYield(tmp_path, min_share=1.0)
@@ -149,7 +149,7 @@ def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
 
 
 def test_the_model_server_signals_while_it_scores(published_copy: Settings):
-    from app.core.busy import serving_busy
+    from app.core.serving_beacon import serving_busy
 
     classifier = load_classifier(version_dir(published_copy, 1), published_copy.max_length)
     server = ModelServer(published_copy, Store(published_copy.store_url), lambda _v: classifier)

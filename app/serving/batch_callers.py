@@ -1,5 +1,6 @@
-"""What the micro-batcher and the batched store writer share: their threads, answering
-their callers, and how the micro-batcher cuts gathered texts into forward passes."""
+"""Answering the callers of a shared batch, for the micro-batcher and the batched store
+writer alike: the named thread a batch runs on, each caller's share of the outcome, and a
+caller failed alone while the rest of its batch was answered."""
 
 from __future__ import annotations
 
