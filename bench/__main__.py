@@ -35,8 +35,9 @@ import httpx
 import torch
 
 from app.core.config import Settings
-from app.ml.serving_forms import BF16_FORM, bf16_gate, choose_form, read_forms
+from app.ml.serving_forms import Form, read_forms
 from app.registry import publish, version_dir
+from app.serving.form_choice import candidate_forms
 from app.store import versions
 from app.store.database import Store
 from app.store.gold_files import demo_gold
@@ -49,14 +50,13 @@ from bench.training import measure_training
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-admin-key"
-FP32 = "onnxruntime fp32"
 # The names part 1 gives the forms an API process serves (`served_form`).
 PART1_NAMES = {
-    FP32: "onnxruntime",
-    "onnxruntime int8": "onnxruntime int8",
-    BF16_FORM: "torch bf16",
-    "torch fp32": "fp32",
-    "torch int8": "int8",
+    Form.ONNX_FP32: "onnxruntime",
+    Form.ONNX_INT8: Form.ONNX_INT8.value,
+    Form.TORCH_BF16: Form.TORCH_BF16.value,
+    Form.TORCH_FP32: "fp32",
+    Form.TORCH_INT8: "int8",
 }
 HEADERS = {"X-API-Key": KEY}
 
@@ -290,31 +290,31 @@ class Bench:
                 self.out / "onnx",
             ).result()
         folder = version_dir(self.settings, 1)
+        # The forms an API process may serve this version in here, by the service's own
+        # rules (the ONNX form its gate chose, and bf16 where its gate lets it: the API
+        # measures them against each other at load and serves the faster).
+        candidates = [c.form for c in candidate_forms(self.settings, folder)]
         if self.settings.infer_backend != "onnxruntime":
             # The torch forms: one process, as measured above.
-            served = {"torch-int8": "int8", "torch": "fp32"}[self.settings.infer_backend]
+            served = PART1_NAMES[candidates[0]]
             return {"forms": forms, "served": served, "test_n": len(test), **forms[served]}
-        # The forms an API process may serve this version in here (the ONNX form its gate
-        # chose, and bf16 where its gate lets it: the API measures them against each other
-        # at load and serves the faster) and fp32: the machine's ceiling of each, every
-        # layout of processes x threads, all processes at once.
+        # Those and fp32: the machine's ceiling of each, every layout of processes x
+        # threads, all processes at once.
         s = self.settings
-        choice = choose_form(folder, s.infer_int8, s.infer_int8_max_drop)
-        candidates = [f"onnxruntime {choice.form}"]
-        if bf16_gate(folder, s.infer_bf16, s.infer_bf16_max_drop)[0]:
-            candidates.append(BF16_FORM)
         cores = os.cpu_count() or 1
         sizes = [1, 8, 16] if self.quick else [1, 8, 16, 32]
 
-        def ceiling_of(form: str) -> dict[str, Any]:
+        def ceiling_of(form: Form) -> dict[str, Any]:
             log(f"1. ceiling of the machine: {form}, every layout")
             args = (s.max_length, self.texts, cores, sizes, self.seconds / 2)
             return measure_layouts(folder, form, *args)
 
-        by_layout = {form: ceiling_of(form) for form in dict.fromkeys([*candidates, FP32])}
+        by_layout = {
+            form: ceiling_of(form) for form in dict.fromkeys([*candidates, Form.ONNX_FP32])
+        }
         # The service is held to the ceiling of the form it serves: what its API says.
         active = self.active_model()
-        served = active["served_form"]
+        served = Form(active["served_form"])
         if served not in by_layout:
             by_layout[served] = ceiling_of(served)
         best = by_layout[served]["best"]
@@ -332,7 +332,7 @@ class Bench:
             "best_layout": best,
             "best_batch": best["batch"],
             "best_texts_per_s": best["texts_per_s"],
-            "fp32_best_texts_per_s": by_layout[FP32]["best"]["texts_per_s"],
+            "fp32_best_texts_per_s": by_layout[Form.ONNX_FP32]["best"]["texts_per_s"],
             "by_batch": forms[PART1_NAMES[served]]["by_batch"],
             "batch1_ms": batch1,
         }
@@ -625,11 +625,11 @@ def render(r: dict[str, Any]) -> str:
     if "ceiling" in r and "layouts" in r["ceiling"]:
         c = r["ceiling"]
         b = c["best_layout"]
-        f = c["layouts"][FP32]["best"]
+        f = c["layouts"][Form.ONNX_FP32]["best"]
         lines += [
             f"| ceiling of the machine: bare forward, {c['served']}, {b['processes']} x "
             f"{b['threads']} threads, batch {b['batch']} | {c['best_texts_per_s']} | | | |",
-            f"| ceiling of the machine: bare forward, onnxruntime fp32, {f['processes']} x "
+            f"| ceiling of the machine: bare forward, {Form.ONNX_FP32}, {f['processes']} x "
             f"{f['threads']} threads, batch {f['batch']} | {f['texts_per_s']} | | | |",
             f"| bare forward, {c['served']}, batch 1, one process of {b['threads']} "
             f"thread(s) | {round(1000 / c['batch1_ms'], 1)} | {c['batch1_ms']} | | |",
