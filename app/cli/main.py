@@ -39,6 +39,7 @@ from typing import Any
 from app.cli import common, data, jobs, models, retention
 from app.cli.client import ClientError
 from app.core.config import Settings, get_settings
+from app.core.logs import quiet_third_party_chatter
 from workers.queues import MAINTENANCE_QUEUE, QUEUES, TRAINING_QUEUE
 
 
@@ -61,6 +62,8 @@ def _bootstrap(settings: Settings) -> None:
     from workers.bootstrap import bootstrap_first_model
 
     store = Store(settings.store_url)
+    # Publishing the first model logs at LOG_LEVEL, as a worker publishing the next does.
+    logging.getLogger().setLevel(settings.log_level.upper())
     bars: dict[str, Any] = {}
 
     def progress(stage: str, fraction: float) -> None:
@@ -306,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # One log line per request would bury the operator commands' own output.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_third_party_chatter()
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)

@@ -11,7 +11,15 @@ import pytest
 
 from app.core.config import Settings
 from app.ml import training
-from app.ml.serving_forms import FORMS_FILE, FP32_FILE, INT8_FILE, Form, build_forms, load_form
+from app.ml.serving_forms import (
+    FORMS_FILE,
+    FP32_FILE,
+    INT8_FILE,
+    Form,
+    build_forms,
+    load_form,
+    quantize_onnx,
+)
 from app.registry import version_dir
 from app.registry.card import form_rows
 from app.serving.form_choice import int8_gate
@@ -96,3 +104,35 @@ def test_every_form_has_a_file_key_and_loads_by_its_name(published_copy: Setting
         if form is Form.TORCH_BF16:
             assert next(classifier.model.parameters()).dtype == torch.bfloat16
         assert set(classifier.predict(texts)) <= set(classifier.labels)
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
+def test_quantizing_keeps_onnx_runtimes_chatter_out_of_the_log_above_debug(
+    published_copy: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    level: str,
+    shown: bool,
+) -> None:
+    """ONNX Runtime's quantization logs a line per tensor it leaves alone, through the root
+    logger at INFO: an operator never sees them, LOG_LEVEL=debug still shows them."""
+    import logging
+
+    from app.core import logs
+
+    root = logging.getLogger()
+    before = root.level
+    logs.configure_logging(published_copy.model_copy(update={"log_level": level}))
+    try:
+        capsys.readouterr()
+        quantize_onnx(version_dir(published_copy, 1) / FP32_FILE, tmp_path / INT8_FILE)
+        err = capsys.readouterr().err
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, logs.ServiceLogHandler)]:
+            root.removeHandler(handler)
+        root.setLevel(before)
+    chatter = [line for line in err.splitlines() if "Quantization parameters for tensor" in line]
+    if shown:
+        assert chatter and all(" DEBUG " in line for line in chatter), err[-2000:]
+    else:
+        assert chatter == [], chatter[:3]
