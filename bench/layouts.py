@@ -2,9 +2,10 @@
 processes x threads that fits the cores, all processes running at once.
 
 One process's best batch is not the machine's ceiling: on 2 cores two processes of one
-thread each outran one process of two threads (issue 16), because a small encoder's pass
-on a micro-batch does not keep two threads busy. So the ceiling the bench holds the
-service to is the best of these layouts, for the form the service actually serves.
+thread each outran one process of two threads (docs/benchmarks.md, "The layout"),
+because a small encoder's pass on a micro-batch does not keep two threads busy. So the
+ceiling the bench holds the service to is the best of these layouts, for the form the
+service actually serves.
 """
 
 from __future__ import annotations

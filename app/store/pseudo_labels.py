@@ -44,8 +44,8 @@ def insert_predictions(conn: Session | Connection, predictions: Sequence[Predict
 
     What the API's store writer uses, on a plain connection (app.store.database
     Store.transaction): it needs the ids only, and skipping the ORM's session and unit of
-    work shortens the commit every /label answer waits for (measured on SQLite: 0.41 ms
-    for one row on a connection against 1.64 ms through a session, the fsync included).
+    work shortens the commit every /label answer waits for (measured on SQLite, the fsync
+    included: docs/benchmarks.md, "Why serving is built this way").
     """
     if not predictions:
         return []
