@@ -45,6 +45,7 @@ def measure_training(
     """
     from transformers import AutoModelForMaskedLM
 
+    from app.ml.job_params import PretrainParams
     from app.ml.joint import JointModel, mask_tokens
     from app.ml.modeling import init_classifier
     from app.ml.training import cpu_has_fast_bf16
@@ -55,6 +56,9 @@ def measure_training(
     labels = ["negative", "neutral", "positive"]
     model, tokenizer = init_classifier(base, labels)
     joint = JointModel.from_classifier(model, base).to(device).train()
+    # What the naive step computes: the masked-LM loss plus the hard task loss, both on the
+    # masked input, unweighted.
+    objective = PretrainParams(mlm_weight=1.0, label_mode="hard", task_input="masked")
     naive_mlm = AutoModelForMaskedLM.from_pretrained(str(base)).to(device).train()
     naive_clf, _ = init_classifier(base, labels)
     naive_clf.to(device).train()  # type: ignore[arg-type]
@@ -82,7 +86,7 @@ def measure_training(
     def ours(b: tuple, bf16: bool = False) -> None:
         masked, attn, mlm_labels, hard, _ = b
         with _autocast(device, bf16):
-            loss = joint(masked, attn, mlm_labels, hard_labels=hard).loss
+            loss = joint(masked, attn, mlm_labels, objective, hard_labels=hard).loss
         loss.backward()
         joint.zero_grad(set_to_none=True)
 

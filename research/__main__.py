@@ -1,10 +1,10 @@
 """`python -m research` (`make repro`): the method against its compute-matched control.
-The protocol is in research/repro.py; this is its command line."""
+The protocol is in research/protocol.py, the run in research/repro.py; this is its
+command line."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -13,8 +13,8 @@ from typing import Any
 
 EXAMPLE = """\
 examples:
-  python -m research                       # the whole table on the demo tweets (under 90 min)
-  python -m research --quick --out /tmp/r  # a few hundred texts: a smoke run of a few minutes
+  python -m research                       # the whole table on the demo tweets (docs/ablation.md)
+  python -m research --quick --out /tmp/r  # a few hundred texts: a smoke run
   python -m research --gold-file mine.csv --labeled-sizes 500 --rows control,kd,control_half,kd_half
   python -m research --rows kd_mlm --labeled-sizes 500 --no-pool-curve  # one row, as in the table
 """
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gold-file", type=Path, help="CSV or JSONL with text,label (default: demo tweets)"
     )
     repro.add_argument("--out", type=Path, default=Path("repro-results"), help="output folder")
-    repro.add_argument("--quick", action="store_true", help="a few hundred texts, a few minutes")
+    repro.add_argument("--quick", action="store_true", help="a few hundred texts: a smoke run")
     repro.add_argument(
         "--labeled-sizes", help="comma-separated labeled-set sizes (default 500,200)"
     )
@@ -48,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repro.add_argument("--pool-texts", type=int, help="cap on the in-domain pool (default: all)")
     repro.add_argument("--no-pool-curve", action="store_true", help="leave out the pool-size curve")
-    repro.add_argument("--finetune-epochs", type=float)
-    repro.add_argument("--pretrain-epochs", type=float)
+    repro.add_argument(
+        "--finetune-epochs", type=float, help="the job parameter finetune.epochs of every row"
+    )
+    repro.add_argument(
+        "--pretrain-epochs", type=float, help="the job parameter pretrain.epochs of every row"
+    )
     repro.add_argument("--max-length", type=int, help="tokens per text (default: from the data)")
     repro.add_argument(
         "--truncation",
@@ -62,20 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="K=V",
-        help="a job parameter for every row (a row's own settings still win), e.g. "
-        "--param token_deletion=0.2",
+        help="a job parameter for every row (a row's own settings still win), by its flat "
+        "or dotted name, e.g. --param token_deletion=0.2 or --param pretrain.token_deletion=0.2",
     )
     return repro
-
-
-def _param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise ValueError(f"{text!r} is not K=V")
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value  # a bare word: label_mode=hard
 
 
 def _ints(text: str) -> list[int]:
@@ -88,19 +82,11 @@ class BadArguments(ValueError):
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ReproConfig fields the arguments change."""
-    from app.ml.job_params import JobParams
-    from research.repro import ROWS_BY_NAME, ReproConfig
+    from app.ml.job_params import JobParams, assignment
+    from research.protocol import ROWS_BY_NAME, ReproConfig
 
     overrides: dict[str, Any] = {}
-    for name in (
-        "gold_file",
-        "pool_texts",
-        "finetune_epochs",
-        "pretrain_epochs",
-        "base_model",
-        "max_length",
-        "truncation",
-    ):
+    for name in ("gold_file", "pool_texts", "base_model", "max_length", "truncation"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.seeds:
@@ -117,12 +103,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides["pool_curve"] = []  # the curve repeats kd_half: only when it is asked for
     if args.no_pool_curve:
         overrides["pool_curve"] = []
-    if args.param:
-        try:
-            overrides["job_params"] = dict(_param(p) for p in args.param)
-            JobParams.model_validate(overrides["job_params"])
-        except ValueError as exc:
-            raise BadArguments(f"bad --param: {exc}") from exc
+    job_params: dict[str, Any] = {}
+    for flag, name in (
+        ("finetune_epochs", "finetune.epochs"),
+        ("pretrain_epochs", "pretrain.epochs"),
+    ):
+        if getattr(args, flag) is not None:
+            job_params[name] = getattr(args, flag)
+    try:
+        job_params.update(assignment(p) for p in args.param)
+        JobParams.model_validate(job_params)
+    except ValueError as exc:
+        raise BadArguments(f"bad --param: {exc}") from exc
+    if job_params:
+        overrides["job_params"] = job_params
     return overrides
 
 
@@ -130,7 +124,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
     import torch
 
     from app.core.progress import progress_bar
-    from research.repro import ReproConfig, run
+    from research.protocol import ReproConfig
+    from research.repro import run
 
     try:
         overrides = _overrides(args)

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.core.config import Settings
-from app.ml.job_params import JobParams
-from app.ml.method import fine_tune_on_gold, finetune_config, student
+from app.ml.job_params import FinetuneParams, JobParams
+from app.ml.method import student
 from app.ml.modeling import Classifier, save_classifier
+from app.ml.training import fine_tune, in_bf16
 from app.registry import publish
 from app.store import gold, versions
 from app.store.database import Store
@@ -67,13 +68,14 @@ def bootstrap_first_model(
         # A job's parameters (precision, checkpoint kept by dev macro-F1) with the
         # bootstrap's length, so the first champion and later candidates are made alike.
         params = JobParams(
-            finetune_epochs=settings.bootstrap_epochs,
-            finetune_max_steps=settings.bootstrap_max_steps,
+            finetune=FinetuneParams(
+                epochs=settings.bootstrap_epochs, max_steps=settings.bootstrap_max_steps
+            ),
             seed=settings.seed,
         ).at_length(settings.max_length)
         base = settings.base_model_path
         model, tokenizer = student(base, data.labels, params)
-        history = fine_tune_on_gold(
+        history = fine_tune(
             model,
             tokenizer,
             *data.train,
@@ -98,7 +100,11 @@ def bootstrap_first_model(
                 "start_path": str(base),
                 "gold_train": len(data.train[0]),
                 "layers": int(model.config.num_hidden_layers),
-                "finetune": {**finetune_config(params).__dict__, "loss": history.as_dict()},
+                # The same record as a job's: the one declaration of the parameters, the
+                # precision they resolved to here, and (kept off the card) the curve.
+                "params": params.model_dump(),
+                "bf16": in_bf16(params),
+                "history": {"finetuning": history.as_dict()},
             },
         )
         # Not promoted: another process published a first model meanwhile; it serves.

@@ -107,8 +107,8 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
             upto_id=upto_id,
             above_id=floor,
             versions=same_labels,
-            min_confidence=policy.min_confidence,
-            max_confidence=policy.max_confidence,
+            min_confidence=policy.pool.min_confidence,
+            max_confidence=policy.pool.max_confidence,
             page_size=PAGE_SIZE,
         )
         for row in itertools.chain.from_iterable(pages):

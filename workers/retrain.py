@@ -20,13 +20,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.core.config import Settings
 from app.core.serving_beacon import TrainingYield
 from app.ml.job_params import JobParams
-from app.ml.method import fine_tune_on_gold, pretrain_on_predictions
+from app.ml.method import pretrain_on_predictions
 from app.ml.modeling import Classifier, load_classifier, save_classifier
 from app.ml.pool import PoolPolicy
 from app.ml.promotion import Decision, changed_share, decide, encoder_cost
+from app.ml.training import fine_tune, in_bf16
 from app.registry import publish, version_dir
 from app.store import jobs
 from app.store.database import Store
@@ -69,15 +72,20 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         if job.cancel_requested:
             jobs.finish(job, "cancelled", None)
             return
+        try:
+            # Flat (stored before the sections) or nested: both read the same.
+            params = JobParams.model_validate(job.params).at_length(settings.max_length)
+        except ValidationError as exc:
+            jobs.finish(job, "failed", f"its stored parameters are not valid here: {exc}")
+            return
         job.status = "running"
         job.stage = "preparing"
         job.started_at = job.heartbeat_at = utcnow()
-        params = JobParams.model_validate(job.params).at_length(settings.max_length)
         pool_upto = job.pool_upto_id
 
     # Pause between steps while an API process here serves (app/core/serving_beacon.py).
-    courtesy = TrainingYield(settings.models_path, settings.worker_min_share)
-    reporter = JobReporter(store, job_id, STAGES, between_steps=courtesy)
+    yield_to_serving = TrainingYield(settings.models_path, settings.worker_min_share)
+    reporter = JobReporter(store, job_id, STAGES, between_steps=yield_to_serving)
     try:
         outcome = _retrain(job_id, params, pool_upto, settings, store, reporter)
     except JobCancelled as exc:
@@ -91,8 +99,8 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         _end(store, job_id, "failed", f"{type(exc).__name__}: {exc}")
         return
     finally:
-        if courtesy.paused_seconds >= 1:
-            log.info("job %s paused %.0f s for serving", job_id, courtesy.paused_seconds)
+        if yield_to_serving.paused_seconds >= 1:
+            log.info("job %s paused %.0f s for serving", job_id, yield_to_serving.paused_seconds)
     with store.session() as session:
         job = jobs.get_job(session, job_id)
         assert job is not None
@@ -100,7 +108,7 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
             setattr(job, key, value)
         job.history = {
             **(job.history or {}),
-            "yield": {"paused_for_serving_seconds": round(courtesy.paused_seconds, 1)},
+            "yield": {"paused_for_serving_seconds": round(yield_to_serving.paused_seconds, 1)},
         }
         jobs.finish(job, "succeeded")
 
@@ -143,7 +151,7 @@ def _retrain(
     data.check_trainable(champion.labels)
     start = (
         settings.base_model_path
-        if params.start_from == "base"
+        if params.pretrain.start_from == "base"
         else version_dir(settings, champion.version)
     )
 
@@ -154,7 +162,7 @@ def _retrain(
     _save_history(store, job_id, "pretraining", history.as_dict())
 
     report.enter("finetuning")
-    history = fine_tune_on_gold(model, tokenizer, *data.train, params, report, dev=data.dev)
+    history = fine_tune(model, tokenizer, *data.train, params, report, dev=data.dev)
     _save_history(store, job_id, "finetuning", history.as_dict())
 
     report.enter("evaluating")
@@ -215,18 +223,13 @@ def _judge(
     candidate_eval = evaluate(candidate, data, lambda f: report(f / 2))
     champion_eval = evaluate(champion_model, data, lambda f: report(0.5 + f / 2))
     relative_cost = encoder_cost(candidate.model) / max(1, encoder_cost(champion_model.model))
-    margin = (
-        settings.promotion_margin if params.promotion_margin is None else params.promotion_margin
-    )
     decision = decide(
         data.dev[1],
         candidate_eval.predictions["dev"],
         champion_eval.predictions["dev"],
         champion.labels,
-        rule=params.promotion_rule,
-        margin=margin,
-        tolerance=params.promotion_tolerance,
-        confidence=params.promotion_confidence,
+        params.promotion,
+        default_margin=settings.promotion_margin,
         relative_cost=relative_cost,
     )
     layers = int(candidate.model.config.num_hidden_layers)
@@ -269,13 +272,14 @@ def _lineage(
     return {
         "kind": "retrain",
         "job_id": job_id,
-        "start_from": params.start_from,
+        "start_from": params.pretrain.start_from,
         "start_path": str(start),
         "champion_version": champion.version,
         "pool_texts": len(pool.texts),
         "pool": pool.summary,
         "gold_train": len(data.train[0]),
         "params": params.model_dump(),
+        "bf16": in_bf16(params),
         "layers": metrics["comparison"]["candidate_layers"],
         "comparison": metrics["comparison"],
     }

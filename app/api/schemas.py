@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.core.texts import storable
 from app.core.times import as_utc
+from app.ml.job_params import JobParams
 from app.ml.serving_forms import Form
 
 # Every time the API answers with is in UTC with its zone (`...Z`), whichever store it
@@ -118,6 +119,8 @@ class JobView(BaseModel):
     stage: str
     progress: float
     trigger: str
+    # Nested by section with every default filled in, whichever shape the job was stored
+    # in (jobs stored before the sections hold flat names).
     params: dict[str, Any]
     metrics: dict[str, Any]
     promoted: bool | None
@@ -130,6 +133,16 @@ class JobView(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _as_declared(cls, stored: Any) -> Any:
+        try:
+            return JobParams.model_validate(stored).model_dump()
+        except ValidationError:
+            # Parameters this release cannot read are shown as they were stored, rather
+            # than failing the listing (a worker fails such a job with the reason).
+            return stored
 
 
 class ModelView(BaseModel):

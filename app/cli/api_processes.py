@@ -3,11 +3,10 @@
 uvicorn's `workers=N` binds one socket in the parent and every process accepts on it. An
 asyncio server that wakes to a waiting connection accepts every connection queued then
 (up to the backlog), so the process that wakes first takes a burst of a client's
-keep-alive connections and its siblings few: 30 against 2 of a load client's 32, or 24
-against 8, in runs on 2 cores, with the busier process's core saturated and the other's
-half idle. Here each process binds its own socket with SO_REUSEPORT, and the kernel
-spreads new connections over the listening sockets by a hash of their addresses, so each
-of N processes gets about 1/N of them.
+keep-alive connections and its siblings few, and one core saturates while another idles
+(the splits measured: docs/benchmarks.md). Here each process binds its own socket with
+SO_REUSEPORT, and the kernel spreads new connections over the listening sockets by a hash
+of their addresses, so each of N processes gets about 1/N of them.
 
 uvicorn's supervisor is kept (health pings, restarting a process that dies, signals):
 what it hands each new process is not a socket but a `ReusePortAddress`, which binds a

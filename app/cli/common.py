@@ -28,7 +28,7 @@ from app.core.config import get_settings
 from app.core.progress import progress_bar
 from app.core.times import iso_utc
 
-# Requests stay well under the API's default MAX_BODY_BYTES (4 MB).
+# A quarter of the API's default MAX_BODY_BYTES, so requests stay well under it.
 MAX_REQUEST_BYTES = 1_000_000
 
 

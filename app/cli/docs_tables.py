@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from app.core.config import Settings
-from app.ml.job_params import JobParams
+from app.ml.job_params import JobParams, Section, flat_name, sections
 
 
 def _shown_default(value: object) -> str:
@@ -27,23 +27,66 @@ def _shown_default(value: object) -> str:
     return f"`{value}`"
 
 
-def fields_table(model: type[BaseModel], header: str, name: Callable[[str], str]) -> str:
-    """One row per field: its name as the user writes it, its default and its description."""
-    rows = [f"| {header} | default | meaning |", "| --- | --- | --- |"]
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _rows(model: type[BaseModel], name: Callable[[str], str], skip: set[str]) -> list[str]:
+    """A table row per field of `model` (but `skip`): `name(field)`'s cells, its default
+    and its description."""
+    rows = []
     for field_name, field in model.model_fields.items():
+        if field_name in skip:
+            continue
         if not field.description:
             raise ValueError(
                 f"{model.__name__}.{field_name} has no description: give it Field(description=...)"
             )
         default = _shown_default(field.get_default(call_default_factory=True))
-        meaning = " ".join(field.description.split()).replace("|", "\\|")
-        rows.append(f"| {name(field_name)} | {default} | {meaning} |")
-    return "\n".join(rows) + "\n"
+        rows.append(f"| {name(field_name)} | {default} | {_cell(field.description)} |")
+    return rows
+
+
+def fields_table(model: type[BaseModel], header: str, name: Callable[[str], str]) -> str:
+    """One row per field: its name as the user writes it, its default and its description."""
+    rows = [f"| {header} | default | meaning |", "| --- | --- | --- |"]
+    return "\n".join(rows + _rows(model, name, set())) + "\n"
+
+
+def _section_names(section: str, kind: type[Section]) -> Callable[[str], str]:
+    return lambda field: f"`{section}.{field}` | `{flat_name(kind, field)}`"
+
+
+def job_params_tables() -> str:
+    """The job parameters, a table per section (the shared ones first), each parameter by
+    its nested name and by its flat one."""
+    header = ["| parameter | flat name | default | meaning |", "| --- | --- | --- | --- |"]
+    groups: list[tuple[str, type[BaseModel], Callable[[str], str], set[str]]] = [
+        (
+            "**Shared** by both training stages",
+            JobParams,
+            lambda n: f"`{n}` | `{n}`",
+            set(sections()),
+        )
+    ]
+    for section, kind in sections().items():
+        doc = _cell(kind.__doc__ or "").rstrip(".")
+        title = f"**`{section}`**: {doc[0].lower()}{doc[1:]}"
+        groups.append((title, kind, _section_names(section, kind), set()))
+    out = [
+        'A body names a parameter nested (`{"pretrain": {"epochs": 2}}`), dotted '
+        '(`"pretrain.epochs"`, also in `--param`) or by its flat name (`"pretrain_epochs"`); '
+        "`GET /jobs/{id}`, the lineage and the model card show them nested, every default "
+        "filled in.",
+    ]
+    for title, model, name, skip in groups:
+        out += ["", f"{title}:", "", *header, *_rows(model, name, skip)]
+    return "\n".join(out) + "\n"
 
 
 TABLES: dict[str, Callable[[], str]] = {
     "settings-table": lambda: fields_table(Settings, "variable", str.upper),
-    "job-params-table": lambda: fields_table(JobParams, "parameter", lambda n: f"`{n}`"),
+    "job-params-table": job_params_tables,
 }
 
 

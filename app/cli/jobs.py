@@ -12,20 +12,16 @@ from app.cli import common
 from app.cli.client import (
     ServiceClient,
 )
+from app.ml.job_params import assignment
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _param(text: str) -> tuple[str, Any]:
-    """`k=v`; v is read as JSON where it parses (numbers, true, null), else a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
+        return assignment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _job_result(job: dict[str, Any]) -> str:
@@ -151,16 +147,18 @@ def add_commands(sub: Any, connection: argparse.ArgumentParser) -> None:
         "submit",
         cmd_jobs_submit,
         "queue a retraining job on everything stored so far",
-        "Parameters are those of POST /jobs (README, Jobs); unknown ones are refused.\n"
+        "Parameters are those of POST /jobs (README, Jobs), by their flat name\n"
+        "(pretrain_epochs) or dotted (pretrain.epochs); unknown ones are refused.\n"
         "Values are read as JSON where they parse (2, 0.5, true), else as text.\n\n"
-        "example:\n  pfp jobs submit --param mlm_weight=0.5 --param label_mode=hard --watch\n",
+        "example:\n  pfp jobs submit --param mlm_weight=0.5 --param pretrain.label_mode=hard "
+        "--watch\n",
         conn,
     )
     p.add_argument(
         "--param",
         action="append",
         type=_param,
-        metavar="KEY=VALUE",
+        metavar="NAME=VALUE",
         help="a job parameter (repeat for more)",
     )
     p.add_argument("--watch", action="store_true", help="then follow it as `jobs watch` does")

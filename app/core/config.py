@@ -75,8 +75,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="API processes behind the one port (`pfp api`, `pfp serve`), each with "
-        "its own model and micro-batcher (0: one per core, at most 4; on 2 cores two "
-        "processes of one thread ran the model 1.4-1.8x as fast as one of two threads: "
+        "its own model and micro-batcher (0: one per core, at most 4, because one thread "
+        "per process ran the model faster than several threads in one process: "
         "docs/benchmarks.md).",
     )
     torch_threads: int = Field(
@@ -221,8 +221,8 @@ class Settings(BaseSettings):
         One process per core, one thread each, unless set: a forward pass of a small
         encoder on a micro-batch does not keep two threads busy (the threads wait on each
         other at every layer), while two processes each run their own pass. At most 4 by
-        default, because each process holds its own copy of the model (about 0.6 GB with
-        ONNX Runtime); set API_PROCESSES and TORCH_THREADS on bigger machines."""
+        default, because each process holds its own copy of the model in memory
+        (docs/benchmarks.md); set API_PROCESSES and TORCH_THREADS on bigger machines."""
         cores = usable_cores()
         processes = self.api_processes or min(cores, 4)
         threads = self.torch_threads or max(1, cores // processes)

@@ -1,23 +1,92 @@
-"""Parameters of a retraining job: what `POST /jobs` accepts, all optional.
+"""Parameters of a retraining job: what `POST /jobs` accepts, all optional. Each one is
+declared here once, with its default, its bounds and its meaning; the training loops
+(app/ml/training.py, app/ml/pretraining.py), the pool policy (app/ml/pool.py) and the
+promotion gate (app/ml/promotion.py) read these objects themselves, so there is no second
+set of defaults to keep in step.
+
+They come in sections, one per stage of a job (`pool`, `pretrain`, `finetune`,
+`promotion`), beside the ones both training stages share (`batch_size`, `max_length`,
+`truncation`, `seed`, `precision`, `student_layers`). A body may name a parameter nested
+(`{"pretrain": {"epochs": 2}}`), dotted (`{"pretrain.epochs": 2}`) or by its flat name
+(`{"pretrain_epochs": 2}`): the flat names are those of the bodies written before the
+sections existed, and stay valid (`flat_name`).
 
 The defaults are the `kd` row of `make repro` (docs/ablation.md), the paper's final
 method, which beat its compute-matched gold-only control on test in every seed. The
 student starts from the base encoder and learns the serving model's logits (KL, soft
 labels) on the clean texts of the pool (the newest texts that the step budget covers:
-all of the demo data's), with no masked-LM loss; then it is
-fine-tuned on gold, keeping its best dev checkpoint. bf16 where the CPU computes it
-natively.
+all of the demo data's), with no masked-LM loss; then it is fine-tuned on gold, keeping
+its best dev checkpoint. bf16 where the CPU computes it natively.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class JobParams(BaseModel):
+def flat(name: str) -> dict[str, Any]:
+    """A field's flat name where it is not its section's prefix + its own name."""
+    return {"flat_name": name}
+
+
+class Section(BaseModel):
+    """One stage's parameters. A field's flat name is `flat_prefix` + its name, unless the
+    field declares another with `json_schema_extra=flat(...)`."""
+
     model_config = ConfigDict(extra="forbid")
+    flat_prefix: ClassVar[str] = ""
+
+
+class PoolParams(Section):
+    """Which stored pseudo-labels the student learns from (app/ml/pool.py)."""
+
+    min_confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="Drop pseudo-labels below this confidence."
+    )
+    max_confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="Drop pseudo-labels above this confidence."
+    )
+    max_texts: int = Field(
+        0,
+        ge=0,
+        description="Use at most this many of the newest pseudo-labeled texts (0: as many as "
+        "the pre-training steps cover: pretrain.step_budget x batch_size / pretrain.epochs).",
+        json_schema_extra=flat("max_pool_texts"),
+    )
+    class_cap: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="No predicted class takes more than this share of the pool's limit, so a "
+        "majority class does not swamp it (0: no cap).",
+        json_schema_extra=flat("pool_class_cap"),
+    )
+    top_k_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Class-balanced top-K: keep the K most confident pseudo-labels of each "
+        "predicted class, K = this share of the pool / the number of classes (0: every one).",
+    )
+
+    @model_validator(mode="after")
+    def _something_left(self) -> PoolParams:
+        if (
+            self.min_confidence is not None
+            and self.max_confidence is not None
+            and self.min_confidence > self.max_confidence
+        ):
+            raise ValueError("min_confidence is above max_confidence: no pseudo-label is left")
+        return self
+
+
+class PretrainParams(Section):
+    """Step 3 of the method: the student learns the teacher's predictions on the pool
+    (app/ml/pretraining.py)."""
 
     start_from: Literal["base", "active"] = Field(
         "base",
@@ -42,87 +111,120 @@ class JobParams(BaseModel):
     )
     temperature: float = Field(1.0, gt=0.0, le=20.0, description="Softmax temperature, soft mode.")
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens masked.")
-    min_confidence: float | None = Field(
-        None, ge=0.0, le=1.0, description="Drop pseudo-labels below this confidence."
-    )
-    max_confidence: float | None = Field(
-        None, ge=0.0, le=1.0, description="Drop pseudo-labels above this confidence."
-    )
-    max_pool_texts: int = Field(
-        0,
-        ge=0,
-        description="Use at most this many of the newest pseudo-labeled texts (0: as many as "
-        "the pre-training steps cover: pretrain_step_budget x batch_size / pretrain_epochs).",
-    )
-    pool_class_cap: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="No predicted class takes more than this share of the pool's limit, so a "
-        "majority class does not swamp it (0: no cap).",
-    )
-    top_k_share: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="Class-balanced top-K: keep the K most confident pseudo-labels of each "
-        "predicted class, K = this share of the pool / the number of classes (0: every one).",
-    )
-    student_layers: int = Field(
-        0,
-        ge=0,
-        le=48,
-        description="Encoder layers of the candidate, kept evenly spaced from the start model "
-        "(6 -> 3 keeps 0, 2, 4); 0: all of them. Fewer layers serve faster.",
-    )
     token_deletion: float = Field(
         0.0,
         ge=0.0,
         le=0.5,
-        description="Noise on the student's input in pre-training: share of tokens dropped.",
+        description="Noise on the student's input in pre-training: share of tokens dropped "
+        "(the teacher's logits were computed on the clean text).",
     )
     mlm_warmup_steps: int = Field(
         0,
         ge=0,
         description="With MLM: steps that train the new MLM head alone before the joint loss.",
     )
-    pretrain_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over the pool.")
-    pretrain_max_steps: int = Field(
-        0, ge=0, description="Exact pre-training steps; overrides epochs (0: use epochs)."
+    epochs: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="Epochs over the pool.",
+        json_schema_extra=flat("pretrain_epochs"),
     )
-    pretrain_step_budget: int = Field(
+    max_steps: int = Field(
+        0,
+        ge=0,
+        description="Exact pre-training steps; overrides epochs (0: use epochs).",
+        json_schema_extra=flat("pretrain_max_steps"),
+    )
+    step_budget: int = Field(
         400,
         ge=0,
         description="At most this many pre-training steps however large the store grows: the "
         "pool is the newest texts they cover (0: no bound, every stored text).",
+        json_schema_extra=flat("pretrain_step_budget"),
     )
-    pretrain_learning_rate: float = Field(
+    learning_rate: float = Field(
         5e-5,
         gt=0.0,
         le=1.0,
         description="AdamW learning rate of pre-training (linear warm-up, decay).",
+        json_schema_extra=flat("pretrain_learning_rate"),
     )
-    finetune_epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over gold train.")
-    finetune_max_steps: int = Field(
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> PretrainParams:
+        if self.mlm_weight == 0.0 and self.task_weight == 0.0:
+            raise ValueError("mlm_weight and task_weight cannot both be 0: nothing to pre-train")
+        return self
+
+
+class FinetuneParams(Section):
+    """Step 4 of the method: fine-tuning on the gold train split, keeping the weights with
+    the best dev macro-F1 (app/ml/training.py)."""
+
+    flat_prefix: ClassVar[str] = "finetune_"
+
+    epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs over gold train.")
+    max_steps: int = Field(
         0, ge=0, description="Exact fine-tuning steps; overrides epochs (0: use epochs)."
     )
-    finetune_learning_rate: float = Field(
+    learning_rate: float = Field(
         5e-5,
         gt=0.0,
         le=1.0,
         description="AdamW learning rate of fine-tuning (linear warm-up, decay).",
     )
-    finetune_eval_every: int = Field(
+    eval_every: int = Field(
         40,
         ge=0,
         description="Score gold dev every this many fine-tuning steps and keep the best "
-        "weights (0: keep the last).",
+        "weights (0: keep the last). With few labels the best step is hard to guess, so it "
+        "is measured on dev rather than set.",
     )
-    finetune_patience: int = Field(
+    patience: int = Field(
         5,
         ge=0,
         description="Stop fine-tuning after this many dev scorings without a gain (0: never).",
     )
+
+
+class PromotionParams(Section):
+    """Whether the candidate replaces the champion (app/ml/promotion.py)."""
+
+    flat_prefix: ClassVar[str] = "promotion_"
+
+    rule: Literal["better", "faster_no_worse"] = Field(
+        "better",
+        description="better: publish a candidate shown better on dev; faster_no_worse: also "
+        "one that serves faster and is shown to lose at most promotion.tolerance.",
+    )
+    margin: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Dev macro-F1 gain the candidate must be shown to exceed (at "
+        "promotion.confidence); default: the PROMOTION_MARGIN setting.",
+    )
+    tolerance: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="faster_no_worse: the dev macro-F1 a faster candidate may be shown to "
+        "lose at most.",
+    )
+    confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description="Confidence of the paired bootstrap on dev behind every promotion.",
+    )
+
+
+class JobParams(BaseModel):
+    """A job's parameters: the shared ones, then one section per stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
     batch_size: int = Field(32, ge=1, le=1024, description="Texts per training step.")
     max_length: int | None = Field(
         None,
@@ -139,46 +241,32 @@ class JobParams(BaseModel):
     seed: int = Field(13, ge=0, description="Seed of shuffling, masking and initialisation.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="Training arithmetic: bf16 autocast (about 1.7x faster where the CPU has "
-        "native bf16), fp32, or auto (bf16 where it is fast).",
+        description="Training arithmetic: bf16 autocast (faster where the CPU has native bf16, "
+        "docs/benchmarks.md; weights and optimizer state stay fp32), fp32, or auto (bf16 "
+        "where it is fast).",
     )
-    promotion_rule: Literal["better", "faster_no_worse"] = Field(
-        "better",
-        description="better: publish a candidate shown better on dev; faster_no_worse: also "
-        "one that serves faster and is shown to lose at most promotion_tolerance.",
+    student_layers: int = Field(
+        0,
+        ge=0,
+        le=48,
+        description="Encoder layers of the candidate, kept evenly spaced from the start model "
+        "(6 -> 3 keeps 0, 2, 4); 0: all of them. Fewer layers serve faster.",
     )
-    promotion_margin: float | None = Field(
-        None,
-        ge=-1.0,
-        le=1.0,
-        description="Dev macro-F1 gain the candidate must be shown to exceed (at "
-        "promotion_confidence); default: the PROMOTION_MARGIN setting.",
+    pool: PoolParams = Field(default_factory=PoolParams, description=PoolParams.__doc__)
+    pretrain: PretrainParams = Field(
+        default_factory=PretrainParams, description=PretrainParams.__doc__
     )
-    promotion_tolerance: float = Field(
-        0.01,
-        ge=0.0,
-        le=1.0,
-        description="faster_no_worse: the dev macro-F1 a faster candidate may be shown to "
-        "lose at most.",
+    finetune: FinetuneParams = Field(
+        default_factory=FinetuneParams, description=FinetuneParams.__doc__
     )
-    promotion_confidence: float = Field(
-        0.95,
-        ge=0.5,
-        lt=1.0,
-        description="Confidence of the paired bootstrap on dev behind every promotion.",
+    promotion: PromotionParams = Field(
+        default_factory=PromotionParams, description=PromotionParams.__doc__
     )
 
-    @model_validator(mode="after")
-    def _something_to_learn(self) -> JobParams:
-        if self.mlm_weight == 0.0 and self.task_weight == 0.0:
-            raise ValueError("mlm_weight and task_weight cannot both be 0: nothing to pre-train")
-        if (
-            self.min_confidence is not None
-            and self.max_confidence is not None
-            and self.min_confidence > self.max_confidence
-        ):
-            raise ValueError("min_confidence is above max_confidence: no pseudo-label is left")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _into_sections(cls, data: Any) -> Any:
+        return nested(data) if isinstance(data, Mapping) else data
 
     def at_length(self, serving_max_length: int) -> JobParams:
         """These parameters with `max_length` filled in: by default a candidate trains at
@@ -186,3 +274,86 @@ class JobParams(BaseModel):
         if self.max_length is not None:
             return self
         return self.model_copy(update={"max_length": serving_max_length})
+
+    def updated(self, values: Mapping[str, Any]) -> JobParams:
+        """These parameters with `values` (nested, dotted or flat names) put over them,
+        validated again."""
+        return JobParams.model_validate(merged(self.model_dump(), values))
+
+
+def sections() -> dict[str, type[Section]]:
+    """The sections of JobParams by name, in their order."""
+    out: dict[str, type[Section]] = {}
+    for name, field in JobParams.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, Section):
+            out[name] = kind
+    return out
+
+
+def flat_name(section: type[Section], field: str) -> str:
+    """The name `field` of `section` has in a flat body (see the module docstring)."""
+    extra = section.model_fields[field].json_schema_extra
+    declared = extra.get("flat_name") if isinstance(extra, dict) else None
+    return declared if isinstance(declared, str) else section.flat_prefix + field
+
+
+SECTIONS = sections()
+# Flat name -> (section, field): computed from the declarations above, never written out.
+FLAT_NAMES = {
+    flat_name(kind, field): (section, field)
+    for section, kind in SECTIONS.items()
+    for field in kind.model_fields
+}
+
+
+def nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with each flat (`pretrain_epochs`) or dotted (`pretrain.epochs`) name moved
+    into its section. Other names stay where they are, for validation to accept or refuse;
+    a parameter given twice is refused."""
+    out: dict[str, Any] = {}
+    moves: list[tuple[str, str, str, Any]] = []
+    for key, value in values.items():
+        section, dot, field = str(key).partition(".")
+        if key in FLAT_NAMES:
+            moves.append((key, *FLAT_NAMES[key], value))
+        elif dot and section in SECTIONS and field in SECTIONS[section].model_fields:
+            moves.append((key, section, field, value))
+        else:
+            out[key] = value
+    for key, section, field, value in moves:
+        given = out.get(section, {})
+        if not isinstance(given, Mapping):
+            raise ValueError(f"{key} is given, and {section} is not an object")
+        if field in given:
+            raise ValueError(f"{key} is given twice (also as {section}.{field})")
+        out[section] = {**given, field: value}
+    return out
+
+
+def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """One body from `layers` (each nested, dotted or flat), a later layer's parameter
+    over an earlier one's, section by section."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in nested(layer).items():
+            given = out.get(key)
+            if isinstance(given, Mapping) and isinstance(value, Mapping) and key in SECTIONS:
+                out[key] = {**given, **value}
+            else:
+                out[key] = value
+    return out
+
+
+def assignment(text: str) -> tuple[str, Any]:
+    """One parameter from a command line, `NAME=VALUE`: the value is read as JSON where it
+    parses (2, 0.5, true, null), else as text (label_mode=hard). NAME is any name a body
+    takes: flat, dotted or top-level."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed

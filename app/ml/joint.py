@@ -4,8 +4,11 @@ plus the masked-LM loss.
 With MLM, both losses come from ONE encoder pass over the (masked) input: the classifier's
 logits give the task loss, and its last hidden state at the masked positions only goes
 through the MLM head. Scoring only masked positions avoids the [tokens x vocab] logits
-that make a naive step about 2.4x slower on these CPUs (DESIGN.md). Without MLM (the
-paper's final method, and our default) there is no head and no masking at all.
+over every position, which dominate a naive step on a CPU (docs/ablation.md). Without MLM
+(the paper's final method, and our default) there is no head and no masking at all.
+
+The mix (the weights, the temperature) is the job's `pretrain` section
+(app/ml/job_params.py), passed whole: the loss has no defaults of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from app.ml.job_params import PretrainParams
 
 
 def mask_tokens(
@@ -92,14 +97,13 @@ class JointModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         mlm_labels: torch.Tensor,
+        objective: PretrainParams,
         hard_labels: torch.Tensor | None = None,
         teacher_logits: torch.Tensor | None = None,
-        mlm_weight: float = 1.0,
-        temperature: float = 1.0,
         clean_input_ids: torch.Tensor | None = None,
-        task_weight: float = 1.0,
     ) -> JointOutput:
-        """loss = task_weight * task loss + mlm_weight * MLM loss, from one encoder pass.
+        """loss = task_weight * task loss + mlm_weight * MLM loss, from one encoder pass,
+        with the weights and the temperature of `objective`.
 
         Task loss: cross-entropy to `hard_labels`, or KL(teacher || student) on the softmax of
         `teacher_logits / temperature` (soft labels). Exactly one of the two is given.
@@ -107,6 +111,8 @@ class JointModel(nn.Module):
         variant the paper's ablation favoured); otherwise it reads the masked input.
         task_weight 0 is plain masked-LM pre-training (the TAPT baseline of the ablation).
         """
+        mlm_weight, task_weight = objective.mlm_weight, objective.task_weight
+        temperature = objective.temperature
         if task_weight != 0.0 and (hard_labels is None) == (teacher_logits is None):
             raise ValueError("give exactly one of hard_labels and teacher_logits")
         selected = mlm_labels != -100

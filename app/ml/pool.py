@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.ml.job_params import JobParams
+from app.ml.job_params import JobParams, PoolParams
 
 
 def balanced_top_k(logits: Sequence[Sequence[float]], k: int) -> list[int]:
@@ -53,26 +53,20 @@ SCAN_FACTOR = 20
 @dataclass(frozen=True)
 class PoolPolicy:
     """How a job picks its pre-training texts from the store: the newest first, one per
-    text (its newest prediction), within confidence bounds, at most `limit` of them, and no
-    predicted label taking more than `class_cap` of the limit.
+    text (its newest prediction), within the confidence bounds of its `pool` section, at
+    most `limit` of them, and no predicted label taking more than `pool.class_cap` of the
+    limit.
 
     The limit follows from the job's step budget (`for_job`), so a job costs the same on a
     store of a thousand rows and of ten million: it learns from the newest texts it has
     the steps to see."""
 
+    pool: PoolParams  # the job's own section, as declared
     limit: int  # 0: every text
-    class_cap: float  # 0: no cap
-    min_confidence: float | None
-    max_confidence: float | None
 
     @classmethod
     def for_job(cls, params: JobParams) -> PoolPolicy:
-        return cls(
-            limit=pool_limit(params),
-            class_cap=params.pool_class_cap,
-            min_confidence=params.min_confidence,
-            max_confidence=params.max_confidence,
-        )
+        return cls(params.pool, pool_limit(params))
 
     @property
     def scan_limit(self) -> int:
@@ -81,31 +75,32 @@ class PoolPolicy:
     @property
     def per_label(self) -> int:
         """Texts one predicted label may take at most (0: no bound)."""
-        if not self.class_cap or not self.limit:
+        if not self.pool.class_cap or not self.limit:
             return 0
-        return max(1, math.ceil(self.class_cap * self.limit))
+        return max(1, math.ceil(self.pool.class_cap * self.limit))
 
     def as_dict(self) -> dict[str, object]:
         return {
             "order": "newest first, one per text",
             "limit": self.limit,
-            "class_cap": self.class_cap,
+            "class_cap": self.pool.class_cap,
             "per_label": self.per_label,
-            "min_confidence": self.min_confidence,
-            "max_confidence": self.max_confidence,
+            "min_confidence": self.pool.min_confidence,
+            "max_confidence": self.pool.max_confidence,
             "scan_limit": self.scan_limit,
         }
 
 
 def pool_limit(params: JobParams) -> int:
-    """The most texts a job's pre-training can use: `max_pool_texts` if set, else what its
-    steps cover in its epochs (each text seen `pretrain_epochs` times), else 0 (all)."""
-    if params.max_pool_texts:
-        return params.max_pool_texts
-    if params.pretrain_max_steps:  # exact steps: one pass over that many batches
-        return params.pretrain_max_steps * params.batch_size
-    if params.pretrain_step_budget:
-        return math.ceil(params.pretrain_step_budget * params.batch_size / params.pretrain_epochs)
+    """The most texts a job's pre-training can use: `pool.max_texts` if set, else what its
+    steps cover in its epochs (each text seen `pretrain.epochs` times), else 0 (all)."""
+    pretrain = params.pretrain
+    if params.pool.max_texts:
+        return params.pool.max_texts
+    if pretrain.max_steps:  # exact steps: one pass over that many batches
+        return pretrain.max_steps * params.batch_size
+    if pretrain.step_budget:
+        return math.ceil(pretrain.step_budget * params.batch_size / pretrain.epochs)
     return 0
 
 

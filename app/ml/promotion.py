@@ -1,13 +1,15 @@
 """The promotion gate: does a candidate replace the champion?
 
-Dev macro-F1 on a thousand texts moves by about a point between two models trained alike
-(the ablation's seeds), so "higher on dev" alone would publish a candidate that is no
-better about half the time, and every swap changes answers users see. The gate asks for
+Dev macro-F1 on a thousand texts moves between two models trained alike by as much as
+the gains a job is after (the ablation's seeds, docs/ablation.md), so "higher on dev"
+alone would publish a candidate that is no better about half the time, and every swap
+changes answers users see. The gate asks for
 evidence instead: a paired bootstrap over the dev texts (both models scored on the same
 resampled texts) gives the distribution of the gain, and the candidate must win at the
 chosen confidence.
 
-Rules an operator chooses between (a job parameter):
+Rules an operator chooses between (the job's `promotion` section, app/ml/job_params.py,
+which `decide` reads as it is):
 - `better`: publish if the gain's lower confidence bound is above the margin;
 - `faster_no_worse`: as `better`, or if the candidate is cheaper to serve (at most
   FASTER_COST of the champion's compute per token) and its lower bound is above minus
@@ -18,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from app.ml.job_params import PromotionParams
 from app.ml.modeling import encoder_layers
 
-PromotionRule = Literal["better", "faster_no_worse"]
 # A candidate counts as faster when its encoder does at most this share of the champion's
 # work per token (3 of 6 layers: 0.5).
 FASTER_COST = 0.8
@@ -54,7 +56,7 @@ def bootstrap_gain(
     champion: Sequence[str],
     labels: Sequence[str],
     resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
+    resample_seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, np.ndarray]:
     """Macro-F1 gain of `candidate` over `champion` on these texts, and its paired
     bootstrap distribution (the same resampled texts for both)."""
@@ -67,7 +69,7 @@ def bootstrap_gain(
     # Classes outside `labels` (none, when both models share the label set) are scored too.
     whole = macro_f1_matrix(np.stack([g, g]), np.stack([a, b]), n_labels)
     gain = float(whole[0] - whole[1])
-    picks = np.random.default_rng(seed).integers(0, len(g), size=(resamples, len(g)))
+    picks = np.random.default_rng(resample_seed).integers(0, len(g), size=(resamples, len(g)))
     gains = macro_f1_matrix(g[picks], a[picks], n_labels) - macro_f1_matrix(
         g[picks], b[picks], n_labels
     )
@@ -105,17 +107,19 @@ def decide(
     candidate: Sequence[str],
     champion: Sequence[str],
     labels: Sequence[str],
+    gate: PromotionParams,
     *,
-    rule: PromotionRule = "better",
-    margin: float = 0.0,
-    tolerance: float = 0.01,
-    confidence: float = 0.95,
+    default_margin: float,
     relative_cost: float = 1.0,
 ) -> Decision:
-    """The gate on dev predictions of both models (see the module docstring).
-    `relative_cost` is the candidate's encoder cost over the champion's."""
+    """The gate on dev predictions of both models (see the module docstring), as the job's
+    `promotion` section says; `default_margin` is the margin where it sets none (the
+    PROMOTION_MARGIN setting). `relative_cost` is the candidate's encoder cost over the
+    champion's."""
     if not gold:
         raise ValueError("no dev texts to compare candidate and champion on")
+    rule, tolerance, confidence = gate.rule, gate.tolerance, gate.confidence
+    margin = default_margin if gate.margin is None else gate.margin
     gain, gains = bootstrap_gain(gold, candidate, champion, labels)
     lower = float(np.quantile(gains, 1.0 - confidence))
     faster = relative_cost <= FASTER_COST

@@ -26,7 +26,7 @@ class BatchBounds:
     # "measured" (now), "cached" (an earlier measurement of this form on this CPU),
     # "settings" (INFER_MAX_BATCH / INFER_MAX_BATCH_TOKENS), "default" (not measured).
     source: str
-    # texts/s per bound tried, e.g. {"texts=8": 180.1, "tokens=2048": 181.0}
+    # texts/s per bound tried, keyed "texts=N" (at the largest token bound) and "tokens=N"
     measured: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 

@@ -44,8 +44,8 @@ def insert_predictions(conn: Session | Connection, predictions: Sequence[Predict
 
     What the API's store writer uses, on a plain connection (app.store.database
     Store.transaction): it needs the ids only, and skipping the ORM's session and unit of
-    work shortens the commit every /label answer waits for (measured on SQLite, the fsync
-    included: docs/benchmarks.md, "Why serving is built this way").
+    work shortens the commit every /label answer waits for (measured: docs/benchmarks.md,
+    "The store writer's commit").
     """
     if not predictions:
         return []

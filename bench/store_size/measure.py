@@ -185,7 +185,9 @@ def probe_pool(url: str, budget: int | None) -> dict[str, Any]:
     store = Store(url)
     champion = current_champion(store)
     assert champion is not None
-    params = JobParams() if budget is None else JobParams(pretrain_step_budget=budget)
+    params = (
+        JobParams() if budget is None else JobParams().updated({"pretrain.step_budget": budget})
+    )
     at_rest = _rss_kb()
     started = time.perf_counter()
     pool = gather_pool(store, champion.labels, 2**62, PoolPolicy.for_job(params))

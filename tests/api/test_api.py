@@ -79,6 +79,8 @@ def test_batch_keeps_order_and_odd_text_exactly(api):
         ("/jobs", {"mlm_weight": -1}, 422, "mlm_weight"),
         ("/jobs", {"label_mode": "fuzzy"}, 422, "label_mode"),
         ("/jobs", {"learning_rate": 1}, 422, "learning_rate"),
+        ("/jobs", {"pretrain": {"epochs": 2}, "pretrain_epochs": 3}, 422, "given twice"),
+        ("/jobs", {"finetune.nothing": 1}, 422, "finetune.nothing"),
         ("/jobs/nope/cancel", None, 404, "no job"),
         ("/models/99/activate", None, 404, "no model version 99"),
         ("/models/0/activate", None, 422, "version"),
@@ -190,6 +192,47 @@ def test_job_submit_run_and_swap(api):
     active = api.get("/models/active").json()
     assert active["version"] == active["served_version"] == 1
     assert api.post("/label", json={"text": "hello"}).json()["model_version"] == 1
+
+
+def test_job_parameters_in_every_shape_are_stored_and_shown_nested(api):
+    """Flat bodies (as before the sections), dotted and nested ones are the same job; a job
+    stored flat by an older release is shown nested too, every default filled in."""
+    from app.ml.job_params import JobParams
+
+    api.post("/label", json={"text": "something"})
+    bodies = [
+        {"pretrain_epochs": 2, "label_mode": "hard", "promotion_margin": -1, "batch_size": 8},
+        {
+            "pretrain.epochs": 2,
+            "pretrain.label_mode": "hard",
+            "promotion.margin": -1,
+            "batch_size": 8,
+        },
+        {
+            "pretrain": {"epochs": 2, "label_mode": "hard"},
+            "promotion": {"margin": -1},
+            "batch_size": 8,
+        },
+    ]
+    views = []
+    for body in bodies:
+        r = api.post("/jobs", json=body)
+        assert r.status_code == 202, r.text
+        views.append(api.get(f"/jobs/{r.json()['id']}").json()["params"])
+    expected = JobParams.model_validate(bodies[0]).model_dump()
+    assert views == [expected] * 3
+    assert views[0]["pretrain"]["epochs"] == 2 and views[0]["promotion"]["margin"] == -1
+    with api.store.session() as s:
+        old = jobs.create_job(s, {"finetune_patience": 1, "seed": 3}, 1, "api").id
+        unreadable = jobs.create_job(s, {"no_such_knob": 1}, 1, "api").id
+    shown = api.get(f"/jobs/{old}").json()["params"]
+    assert shown == JobParams.model_validate({"finetune": {"patience": 1}, "seed": 3}).model_dump()
+    assert api.get(f"/jobs/{unreadable}").json()["params"] == {"no_such_knob": 1}
+    assert len(api.get("/jobs").json()) == 5
+    # The worker refuses the job it cannot read, with the reason, instead of leaving it queued.
+    run_retrain_job(unreadable, api.settings, api.store)
+    failed = api.get(f"/jobs/{unreadable}").json()
+    assert failed["status"] == "failed" and "no_such_knob" in failed["error"]
 
 
 def test_cancel_queued_job_and_cannot_cancel_twice(api):

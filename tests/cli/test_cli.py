@@ -474,12 +474,16 @@ def test_jobs_and_models(live, capsys):
 
     # A job that the "worker" runs while the CLI watches it: exit 0, v2 published.
     small = ["pretrain_max_steps=2", "finetune_max_steps=2", "promotion_margin=-1", "batch_size=8"]
+    small.append("finetune.patience=1")  # a dotted name beside the flat ones
     status, out, _ = pfp(
         capsys, live, "jobs", "submit", *[x for p in small for x in ("--param", p)]
     )
     job_id = out.split("Queued job ")[1].split(".")[0]
     with live.store.session() as s:
-        assert jobs.get_job(s, job_id).params["promotion_margin"] == -1  # type: ignore[union-attr]
+        # Flat names on the command line; stored as declared, by section.
+        stored = jobs.get_job(s, job_id).params  # type: ignore[union-attr]
+        assert stored["promotion"]["margin"] == -1 and stored["batch_size"] == 8
+        assert stored["finetune"] == {**stored["finetune"], "max_steps": 2, "patience": 1}
     worker = threading.Thread(target=run_retrain_job, args=(job_id, live.settings, live.store))
     worker.start()
     status, out, err = pfp(capsys, live, "jobs", "watch", job_id, "--interval", "0.2")

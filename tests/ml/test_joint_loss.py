@@ -9,10 +9,16 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from app.ml.job_params import PretrainParams
 from app.ml.joint import JointModel, mask_tokens
 from app.ml.modeling import init_classifier
 
 LABELS = ["negative", "neutral", "positive"]
+# The loss takes its mix from a job's `pretrain` section, whole: these spell out the mixes
+# the tests need (the job's default has no MLM).
+TASK_ONLY = PretrainParams(mlm_weight=0.0)
+WITH_MLM = PretrainParams(mlm_weight=1.0)
+MLM_ONLY = PretrainParams(mlm_weight=1.0, task_weight=0.0)
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ def joint_and_batch(tiny_base: Path):
 def test_loss_is_task_loss_when_mlm_weight_is_zero(joint_and_batch):
     joint, _tok, enc, masked, mlm_labels = joint_and_batch
     hard = torch.tensor([0, 2, 1])
-    out = joint(masked, enc["attention_mask"], mlm_labels, hard_labels=hard, mlm_weight=0.0)
+    out = joint(masked, enc["attention_mask"], mlm_labels, TASK_ONLY, hard_labels=hard)
     logits = joint.classifier(input_ids=masked, attention_mask=enc["attention_mask"]).logits
     assert torch.allclose(out.loss, F.cross_entropy(logits, hard))
     assert out.mlm_loss.item() == 0.0
@@ -45,7 +51,8 @@ def test_loss_is_task_loss_when_mlm_weight_is_zero(joint_and_batch):
 def test_sum_is_task_plus_weighted_mlm(joint_and_batch):
     joint, _tok, enc, masked, mlm_labels = joint_and_batch
     hard = torch.tensor([0, 2, 1])
-    out = joint(masked, enc["attention_mask"], mlm_labels, hard_labels=hard, mlm_weight=0.5)
+    half = PretrainParams(mlm_weight=0.5)
+    out = joint(masked, enc["attention_mask"], mlm_labels, half, hard_labels=hard)
     assert out.mlm_loss.item() > 0
     assert torch.allclose(out.loss, out.task_loss + 0.5 * out.mlm_loss)
 
@@ -54,7 +61,9 @@ def test_mlm_head_scores_only_masked_positions(joint_and_batch):
     joint, _tok, enc, masked, mlm_labels = joint_and_batch
     seen: list[int] = []
     joint.mlm_head.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0]))
-    out = joint(masked, enc["attention_mask"], mlm_labels, hard_labels=torch.tensor([0, 1, 2]))
+    out = joint(
+        masked, enc["attention_mask"], mlm_labels, WITH_MLM, hard_labels=torch.tensor([0, 1, 2])
+    )
     n_masked = int((mlm_labels != -100).sum())
     assert 0 < n_masked < mlm_labels.numel()
     assert seen == [n_masked]
@@ -73,11 +82,11 @@ def test_soft_labels_are_kl_to_teacher_logits(joint_and_batch):
     joint, _tok, enc, masked, mlm_labels = joint_and_batch
     student = joint.classifier(input_ids=masked, attention_mask=enc["attention_mask"]).logits
     same = joint(
-        masked, enc["attention_mask"], mlm_labels, teacher_logits=student.detach(), mlm_weight=0
+        masked, enc["attention_mask"], mlm_labels, TASK_ONLY, teacher_logits=student.detach()
     )
     assert same.task_loss.item() == pytest.approx(0.0, abs=1e-6)
     teacher = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 4.0], [0.0, 4.0, 0.0]])
-    out = joint(masked, enc["attention_mask"], mlm_labels, teacher_logits=teacher, mlm_weight=0)
+    out = joint(masked, enc["attention_mask"], mlm_labels, TASK_ONLY, teacher_logits=teacher)
     expected = F.kl_div(
         F.log_softmax(student, -1),
         F.log_softmax(teacher, -1),
@@ -90,7 +99,7 @@ def test_soft_labels_are_kl_to_teacher_logits(joint_and_batch):
 def test_hard_and_soft_are_exclusive(joint_and_batch):
     joint, _tok, enc, masked, mlm_labels = joint_and_batch
     with pytest.raises(ValueError, match="exactly one"):
-        joint(masked, enc["attention_mask"], mlm_labels)
+        joint(masked, enc["attention_mask"], mlm_labels, WITH_MLM)
 
 
 def test_clean_input_variant_reads_unmasked_text(joint_and_batch):
@@ -100,8 +109,8 @@ def test_clean_input_variant_reads_unmasked_text(joint_and_batch):
         masked,
         enc["attention_mask"],
         mlm_labels,
+        TASK_ONLY,
         hard_labels=hard,
-        mlm_weight=0.0,
         clean_input_ids=enc["input_ids"],
     )
     clean_logits = joint.classifier(
@@ -145,12 +154,12 @@ def test_masking_never_touches_special_tokens_or_padding(tiny_base: Path):
 def test_task_weight_zero_is_masked_lm_only(joint_and_batch):
     # The TAPT row of the ablation: no labels at all, the loss is the MLM loss alone.
     joint, _tok, enc, masked, mlm_labels = joint_and_batch
-    out = joint(masked, enc["attention_mask"], mlm_labels, task_weight=0.0)
+    out = joint(masked, enc["attention_mask"], mlm_labels, MLM_ONLY)
     with_task = joint(
-        masked, enc["attention_mask"], mlm_labels, hard_labels=torch.tensor([0, 2, 1])
+        masked, enc["attention_mask"], mlm_labels, WITH_MLM, hard_labels=torch.tensor([0, 2, 1])
     )
     assert out.task_loss.item() == 0.0
     assert torch.allclose(out.loss, out.mlm_loss)
     assert torch.allclose(out.mlm_loss, with_task.mlm_loss)
     with pytest.raises(ValueError, match="exactly one"):
-        joint(masked, enc["attention_mask"], mlm_labels)
+        joint(masked, enc["attention_mask"], mlm_labels, WITH_MLM)

@@ -7,10 +7,24 @@ import random
 
 import pytest
 
+from app.ml.job_params import PromotionParams
 from app.ml.metrics import macro_f1
-from app.ml.promotion import bootstrap_gain, changed_share, decide, macro_f1_matrix
+from app.ml.promotion import Decision, bootstrap_gain, changed_share, decide, macro_f1_matrix
 
 LABELS = ["negative", "neutral", "positive"]
+
+
+def gate(gold, candidate, champion, relative_cost: float = 1.0, **promotion) -> Decision:
+    """The gate as a job with these `promotion` parameters runs it (a PROMOTION_MARGIN of 0)."""
+    return decide(
+        gold,
+        candidate,
+        champion,
+        LABELS,
+        PromotionParams(**promotion),
+        default_margin=0.0,
+        relative_cost=relative_cost,
+    )
 
 
 def _model(gold: list[str], accuracy: float, seed: int) -> list[str]:
@@ -45,8 +59,8 @@ def test_two_candidates_trained_alike_do_not_churn_the_served_model():
     swaps_old_rule = 0
     for seed in range(10):
         a, b = _model(gold, 0.8, 2 * seed), _model(gold, 0.8, 2 * seed + 1)
-        assert not decide(gold, a, b, LABELS).publish
-        assert not decide(gold, b, a, LABELS).publish
+        assert not gate(gold, a, b).publish
+        assert not gate(gold, b, a).publish
         swaps_old_rule += macro_f1(gold, a, LABELS) != macro_f1(gold, b, LABELS)
         # Their answers differ on about a third of the texts: each swap is visible.
         assert changed_share(a, b) > 0.25
@@ -56,20 +70,20 @@ def test_two_candidates_trained_alike_do_not_churn_the_served_model():
 def test_a_real_gain_is_published():
     gold = _gold(1440)
     champion, candidate = _model(gold, 0.78, 1), _model(gold, 0.86, 2)
-    decision = decide(gold, candidate, champion, LABELS)
+    decision = gate(gold, candidate, champion)
     assert decision.publish and decision.lower_bound > 0
     assert decision.gain == pytest.approx(
         macro_f1(gold, candidate, LABELS) - macro_f1(gold, champion, LABELS)
     )
     assert "better" in decision.reason
     # A margin larger than the gain refuses it.
-    assert not decide(gold, candidate, champion, LABELS, margin=0.2).publish
+    assert not gate(gold, candidate, champion, margin=0.2).publish
 
 
 def test_identical_models_are_never_published():
     gold = _gold(500)
     same = _model(gold, 0.8, 1)
-    decision = decide(gold, same, list(same), LABELS)
+    decision = gate(gold, same, list(same))
     assert decision.gain == 0 and decision.lower_bound == 0 and not decision.publish
 
 
@@ -86,16 +100,28 @@ def test_faster_no_worse_publishes_a_smaller_student_within_the_tolerance():
     gain, _ = bootstrap_gain(gold, student, champion, LABELS)
     assert -0.02 < gain < 0.0
     kwargs = {"rule": "faster_no_worse", "tolerance": 0.03}
-    assert decide(gold, student, champion, LABELS, relative_cost=0.5, **kwargs).publish
+    assert gate(gold, student, champion, relative_cost=0.5, **kwargs).publish
     # Not faster: the same student is refused; under the plain rule too.
-    assert not decide(gold, student, champion, LABELS, relative_cost=1.0, **kwargs).publish
-    assert not decide(gold, student, champion, LABELS, relative_cost=0.5).publish
+    assert not gate(gold, student, champion, relative_cost=1.0, **kwargs).publish
+    assert not gate(gold, student, champion, relative_cost=0.5).publish
     # A student that may lose more than the tolerance is refused.
     worse = _model(gold, 0.7, 9)
-    refused = decide(gold, worse, champion, LABELS, relative_cost=0.5, **kwargs)
+    refused = gate(gold, worse, champion, relative_cost=0.5, **kwargs)
     assert not refused.publish and "tolerance" in refused.reason
 
 
 def test_the_gate_needs_dev_texts():
     with pytest.raises(ValueError, match="no dev texts"):
-        decide([], [], [], LABELS)
+        gate([], [], [])
+
+
+def test_the_jobs_margin_wins_over_the_setting():
+    gold = _gold(1440)
+    champion, candidate = _model(gold, 0.78, 1), _model(gold, 0.86, 2)
+
+    def margin_used(job_margin: float | None, setting: float) -> float:
+        params = PromotionParams(margin=job_margin)
+        return decide(gold, candidate, champion, LABELS, params, default_margin=setting).margin
+
+    assert margin_used(None, 0.2) == 0.2
+    assert margin_used(-0.1, 0.2) == -0.1

@@ -7,9 +7,12 @@ import math
 import pytest
 
 from app.core.config import packaged_base_model
+from app.ml import training
+from app.ml.job_params import JobParams
 from app.ml.joint import JointModel
 from app.ml.modeling import Classifier, init_classifier
-from app.ml.training import LoopConfig, PretrainConfig, evaluate, fine_tune, pretrain_joint
+from app.ml.pretraining import pretrain_joint
+from app.ml.training import evaluate, fine_tune
 from app.store.gold_files import demo_gold
 
 
@@ -30,7 +33,8 @@ def test_demo_gold_is_deduplicated_split_and_reproducible():
 
 
 @pytest.mark.slow
-def test_joint_step_and_fine_tune_on_the_real_encoder():
+def test_joint_step_and_fine_tune_on_the_real_encoder(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(training, "LOG_EVERY", 1)  # a point of the loss curve per step
     base = packaged_base_model()
     items = demo_gold(seed=13)
     train = [i for i in items if i.split == "train"][:256]
@@ -44,7 +48,19 @@ def test_joint_step_and_fine_tune_on_the_real_encoder():
         tokenizer,
         [i.text for i in train[:64]],
         teacher[:64],
-        PretrainConfig(max_steps=2, batch_size=32, max_length=64, log_every=1),
+        # The joint objective with MLM, on the masked input, hard labels, fp32.
+        JobParams.model_validate(
+            {
+                "pretrain": {
+                    "max_steps": 2,
+                    "mlm_weight": 1.0,
+                    "task_input": "masked",
+                    "label_mode": "hard",
+                },
+                "max_length": 64,
+                "precision": "fp32",
+            }
+        ),
     )
     # The MLM head transform starts from random: the loss starts near ln(vocab size).
     assert abs(history.extra["mlm_loss"][0] - math.log(len(tokenizer))) < 2.5
@@ -53,7 +69,13 @@ def test_joint_step_and_fine_tune_on_the_real_encoder():
         tokenizer,
         [i.text for i in train],
         [i.label for i in train],
-        LoopConfig(max_steps=8, batch_size=32, max_length=64, learning_rate=1e-4, log_every=1),
+        JobParams.model_validate(
+            {
+                "finetune": {"max_steps": 8, "learning_rate": 1e-4},
+                "max_length": 64,
+                "precision": "fp32",
+            }
+        ),
     )
     metrics = evaluate(
         Classifier(model, tokenizer, labels, 64), [i.text for i in dev], [i.label for i in dev]

@@ -7,11 +7,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.ml import training
+from app.ml.job_params import JobParams
 from app.ml.joint import JointModel
 from app.ml.metrics import accuracy, macro_f1
 from app.ml.modeling import Classifier, init_classifier
-from app.ml.training import LoopConfig, PretrainConfig, evaluate, fine_tune, pretrain_joint
+from app.ml.pretraining import pretrain_joint
+from app.ml.training import evaluate, fine_tune, finetune_steps
 from tests.conftest import LABELS, synthetic_texts
+
+
+def job(**values) -> JobParams:
+    """A job's parameters (flat, dotted or nested names), at a length for the tiny model, in
+    fp32 so that a test sees the same numbers on every CPU (auto picks bf16 on some)."""
+    return JobParams.model_validate({"max_length": 32, "precision": "fp32", **values})
+
+
+@pytest.fixture
+def every_step_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "LOG_EVERY", 1)
 
 
 def test_metrics_by_hand():
@@ -23,10 +37,10 @@ def test_metrics_by_hand():
 
 
 def test_total_steps():
-    assert LoopConfig(epochs=2, batch_size=10).total_steps(95) == 20
-    assert LoopConfig(epochs=2, batch_size=10, max_steps=3).total_steps(95) == 3
-    assert LoopConfig(epochs=0.5, batch_size=10).total_steps(95) == 5
-    assert LoopConfig(epochs=1, batch_size=10, max_steps=30).total_steps(95) == 30
+    assert finetune_steps(job(finetune_epochs=2, batch_size=10), 95) == 20
+    assert finetune_steps(job(finetune_epochs=2, batch_size=10, finetune_max_steps=3), 95) == 3
+    assert finetune_steps(job(finetune_epochs=0.5, batch_size=10), 95) == 5
+    assert finetune_steps(job(finetune_epochs=1, batch_size=10, finetune_max_steps=30), 95) == 30
 
 
 def test_fine_tune_learns_a_learnable_task(tiny_base: Path):
@@ -44,7 +58,7 @@ def test_fine_tune_learns_a_learnable_task(tiny_base: Path):
         tokenizer,
         texts,
         labels,
-        LoopConfig(epochs=4, batch_size=16, learning_rate=2e-3, max_length=32, seed=0),
+        job(finetune_epochs=4, batch_size=16, finetune_learning_rate=2e-3, seed=0),
         lambda f, _loss: calls.append(f),
     )
     after = evaluate(classifier, texts[:90], labels[:90])
@@ -56,11 +70,11 @@ def test_fine_tune_learns_a_learnable_task(tiny_base: Path):
 def test_fine_tune_refuses_unknown_labels(tiny_base: Path):
     model, tokenizer = init_classifier(tiny_base, LABELS)
     with pytest.raises(ValueError, match="not in the model's label set"):
-        fine_tune(model, tokenizer, ["x"], ["angry"], LoopConfig())
+        fine_tune(model, tokenizer, ["x"], ["angry"], job())
 
 
 @pytest.mark.parametrize("soft", [False, True])
-def test_pretrain_joint_records_both_losses(tiny_base: Path, soft: bool):
+def test_pretrain_joint_records_both_losses(tiny_base: Path, soft: bool, every_step_logged):
     rows = synthetic_texts(64, seed=4)
     model, tokenizer = init_classifier(tiny_base, LABELS)
     joint = JointModel.from_classifier(model, tiny_base)
@@ -70,13 +84,13 @@ def test_pretrain_joint_records_both_losses(tiny_base: Path, soft: bool):
         tokenizer,
         [t for t, _ in rows],
         teacher,
-        PretrainConfig(
-            max_steps=6,
+        job(
+            pretrain_max_steps=6,
             batch_size=16,
-            max_length=32,
-            log_every=1,
+            mlm_weight=1.0,
+            task_input="masked",
             label_mode="soft" if soft else "hard",
-            learning_rate=1e-3,
+            pretrain_learning_rate=1e-3,
         ),
     )
     assert len(history.loss) == 6
@@ -102,7 +116,7 @@ def test_progress_callback_can_stop_training(tiny_base: Path):
             tokenizer,
             ["a b"] * 40,
             ["neutral"] * 40,
-            LoopConfig(epochs=1, batch_size=4),
+            job(batch_size=4),
             stop_at_half,
         )
 
@@ -117,8 +131,9 @@ def test_fine_tune_ends_on_its_best_dev_checkpoint(tiny_base: Path):
     dev = _rows(60, 6)
     torch.manual_seed(0)
     model, tokenizer = init_classifier(tiny_base, LABELS)
-    config = LoopConfig(
-        max_steps=40, batch_size=16, learning_rate=3e-3, max_length=32, eval_every=8
+    config = job(
+        finetune={"max_steps": 40, "learning_rate": 3e-3, "eval_every": 8, "patience": 0},
+        batch_size=16,
     )
     history = fine_tune(model, tokenizer, texts, labels, config, dev=dev)
     selection = history.as_dict()["selection"]
@@ -136,9 +151,9 @@ def test_fine_tune_stops_after_its_patience(tiny_base: Path):
     model, tokenizer = init_classifier(tiny_base, LABELS)
     # A zero learning rate never improves on the first scoring: patience 2 ends the run
     # at the third, long before its 100 steps.
-    config = LoopConfig(
-        max_steps=100, batch_size=8, learning_rate=0.0, max_length=32, eval_every=5, patience=2
-    )
+    # (A job's rate is above zero: this one is set past validation.)
+    config = job(finetune={"max_steps": 100, "eval_every": 5, "patience": 2}, batch_size=8)
+    config.finetune.learning_rate = 0.0
     calls: list[float] = []
     history = fine_tune(
         model, tokenizer, texts, labels, config, lambda f, _l: calls.append(f), dev=_rows(30, 6)
@@ -192,7 +207,7 @@ def test_head_tail_truncation_keeps_both_ends(tiny_base: Path):
 def test_token_deletion_keeps_special_tokens_and_some_text():
     import random
 
-    from app.ml.training import delete_tokens
+    from app.ml.pretraining import delete_tokens
 
     special = {101, 102}
     rng = random.Random(0)
@@ -203,7 +218,9 @@ def test_token_deletion_keeps_special_tokens_and_some_text():
     assert delete_tokens(ids, 1.0, special, rng)[1] in {5, 6, 7, 8, 9}  # never empty
 
 
-def test_distillation_without_mlm_needs_no_head_and_learns_the_teacher(tiny_base: Path):
+def test_distillation_without_mlm_needs_no_head_and_learns_the_teacher(
+    tiny_base: Path, every_step_logged
+):
     texts, labels = _rows(150, 7)
     teacher = [[4.0 if LABELS[i] == label else 0.0 for i in range(3)] for label in labels]
     torch.manual_seed(0)
@@ -213,16 +230,14 @@ def test_distillation_without_mlm_needs_no_head_and_learns_the_teacher(tiny_base
         tokenizer,
         texts,
         teacher,
-        PretrainConfig(
-            max_steps=80,
+        job(
+            pretrain_max_steps=80,
             batch_size=16,
-            max_length=32,
-            log_every=1,
             label_mode="soft",
             mlm_weight=0.0,
             task_input="clean",
             token_deletion=0.1,
-            learning_rate=3e-3,
+            pretrain_learning_rate=3e-3,
         ),
     )
     assert history.extra["mlm_loss"] == [0.0] * 80
@@ -232,14 +247,14 @@ def test_distillation_without_mlm_needs_no_head_and_learns_the_teacher(tiny_base
 
 
 def test_mlm_warm_up_trains_the_head_alone(tiny_base: Path):
-    from app.ml.training import _warm_up_mlm_head
+    from app.ml.pretraining import _warm_up_mlm_head
 
     model, tokenizer = init_classifier(tiny_base, LABELS)
     joint = JointModel.from_classifier(model, tiny_base)
     encoder_before = {k: v.clone() for k, v in model.state_dict().items()}
     head_before = {k: v.clone() for k, v in joint.mlm_head.state_dict().items()}
     ids = tokenizer([t for t, _ in synthetic_texts(64, 2)])["input_ids"]
-    config = PretrainConfig(batch_size=16, max_length=32, mlm_warmup_steps=5)
+    config = job(batch_size=16, mlm_weight=1.0, mlm_warmup_steps=5)
     losses = _warm_up_mlm_head(joint, tokenizer, ids, config, torch.Generator().manual_seed(0))
     assert len(losses) == 5
     for name, value in model.state_dict().items():

@@ -13,14 +13,9 @@ import pytest
 
 from app.ml.job_params import JobParams
 from research.__main__ import main
-from research.repro import (
-    MAIN_ROWS,
-    ROWS,
-    ReproConfig,
-    draw_labeled,
-    load_data,
-    paired,
-)
+from research.protocol import MAIN_ROWS, ROWS, ReproConfig
+from research.splits import draw_labeled, load_data
+from research.stats import paired
 from tests.conftest import write_gold_file
 
 # The whole ablation end to end on the tiny encoder: about 30 s, so not in `make test-fast`.

@@ -10,7 +10,7 @@ import pytest
 
 from app.core.config import Settings
 from app.ml.job_params import JobParams
-from app.ml.method import in_bf16
+from app.ml.training import in_bf16
 from app.registry import METADATA_FILE, version_dir
 from app.store import versions
 from app.store.database import Store
@@ -19,11 +19,14 @@ from workers.bootstrap import bootstrap_first_model
 
 def test_the_first_model_is_trained_and_published_as_a_job_would(published_copy: Settings):
     meta = json.loads((version_dir(published_copy, 1) / METADATA_FILE).read_text())
-    finetune = meta["lineage"]["finetune"]
-    # The job's precision choice, resolved for this CPU, and the serving length.
-    assert finetune["bf16"] == in_bf16(JobParams())
-    assert finetune["max_length"] == published_copy.max_length
-    assert finetune["eval_every"] == JobParams().finetune_eval_every  # best dev checkpoint
+    # The lineage records the job's parameters as declared (JobParams, nested), like a
+    # retraining job's: the job's precision choice resolved for this CPU, the serving length.
+    lineage = meta["lineage"]
+    params = JobParams.model_validate(lineage["params"])
+    assert lineage["bf16"] == in_bf16(JobParams())
+    assert params.max_length == published_copy.max_length
+    assert params.finetune.eval_every == JobParams().finetune.eval_every  # best dev checkpoint
+    assert lineage["history"]["finetuning"]["loss"]
     assert set(meta["metrics"]) == {"dev", "test"}
     assert (version_dir(published_copy, 1) / "model.onnx").is_file()  # exported at publish
     store = Store(published_copy.store_url)

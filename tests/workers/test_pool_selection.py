@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import workers.pipeline as pipeline
-from app.ml.job_params import JobParams
+from app.ml.job_params import JobParams, PoolParams
 from app.ml.pool import PoolPolicy, pool_limit
 from app.store import gold, pseudo_labels, retention, versions
 from app.store.database import Store
@@ -19,7 +19,8 @@ LABELS = ["negative", "neutral", "positive"]
 
 
 def policy(limit: int = 0, class_cap: float = 0.0, lo=None, hi=None) -> PoolPolicy:
-    return PoolPolicy(limit=limit, class_cap=class_cap, min_confidence=lo, max_confidence=hi)
+    pool = PoolParams(class_cap=class_cap, min_confidence=lo, max_confidence=hi)
+    return PoolPolicy(pool=pool, limit=limit)
 
 
 def fill(store: Store, predictions: list[tuple[str, str, float]], version: int = 1) -> None:
