@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -19,11 +19,25 @@ from app.core.config import Settings, get_settings
 from app.core.logs import RequestIdMiddleware, configure_logging
 from app.core.security import ApiKeys
 from app.dashboard.routes import install_dashboard
+from app.serving.micro_batcher import MicroBatcher
 from app.serving.model_server import ModelServer
 from app.serving.store_writer import StoreWriter
 from app.serving.swap_notices import listen_for_swaps
 from app.serving.telemetry import MetricsMiddleware, metrics_registry
+from app.serving.version_loader import VersionLoader
 from app.store.database import Store
+from app.store.pseudo_labels import texts_like_served
+
+
+def _texts_like_served(store: Store) -> Callable[[], list[str]]:
+    """The store read the model server's bound measurement is given (serving reads no
+    store of its own)."""
+
+    def read() -> list[str]:
+        with store.session() as session:
+            return texts_like_served(session)
+
+    return read
 
 
 def create_app(
@@ -41,7 +55,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.store_url)
-        server = model_server or ModelServer(settings, store)
+        loader = VersionLoader(settings, _texts_like_served(store))
+        server = model_server or ModelServer(settings, store, loader)
+        batcher = MicroBatcher(settings, lambda: server.current)
         queue = job_queue
         if queue is None:
             from workers.celery_app import make_celery
@@ -52,8 +68,10 @@ def create_app(
         app.state.store = store
         app.state.metrics_registry = metrics_registry(store)
         app.state.model_server = server
+        app.state.micro_batcher = batcher
         app.state.job_queue = queue
         await server.start()
+        await batcher.start()
         writer = StoreWriter(store)
         writer.start()
         app.state.store_writer = writer
@@ -69,6 +87,7 @@ def create_app(
                 listener.cancel()
                 with suppress(asyncio.CancelledError):
                     await listener
+            await batcher.stop()  # drains: the answers it gives are stored by the writer
             await server.stop()
             await writer.stop()
             store.dispose()

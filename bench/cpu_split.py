@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# OS thread names (app/serving/batching.named_thread) -> what the thread does.
+# OS thread names (app/serving/batch_callers.named_thread) -> what the thread does.
 KINDS = {"pfp-infer": "inference", "pfp-store": "store writer"}
 EVENT_LOOP = "event loop (HTTP, routes, logs)"
 OTHER = "other threads and the supervisor"

@@ -16,7 +16,7 @@ from app.ml.modeling import (
     load_classifier,
     quantize_int8,
 )
-from app.ml.serving_forms import INT8_FILE
+from app.ml.serving_forms import INT8_FILE, Form
 
 
 def log(message: str) -> None:
@@ -69,11 +69,11 @@ def measure_forms(
     builders: dict[str, Any] = {
         "fp32": lambda: fp32,
         "int8": lambda: quantize_int8(fp32),
-        "torch bf16": lambda: variants.bf16(fp32),
+        Form.TORCH_BF16.value: lambda: variants.bf16(fp32),
         "torch.compile": lambda: variants.compiled(fp32),
         "onnxruntime": lambda: variants.onnx_runtime(fp32, workdir),
         # The int8 form publishing built into the version's folder, as API processes serve it.
-        "onnxruntime int8": lambda: variants.published_form(fp32, folder, INT8_FILE),
+        Form.ONNX_INT8.value: lambda: variants.published_form(fp32, folder, INT8_FILE),
         f"{half}, fp32": lambda: student,
         f"{half}, onnxruntime": lambda: variants.onnx_runtime(student, workdir / "student"),
     }

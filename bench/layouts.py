@@ -2,9 +2,10 @@
 processes x threads that fits the cores, all processes running at once.
 
 One process's best batch is not the machine's ceiling: on 2 cores two processes of one
-thread each outran one process of two threads (issue 16), because a small encoder's pass
-on a micro-batch does not keep two threads busy. So the ceiling the bench holds the
-service to is the best of these layouts, for the form the service actually serves.
+thread each outran one process of two threads (docs/benchmarks.md, "The layout"),
+because a small encoder's pass on a micro-batch does not keep two threads busy. So the
+ceiling the bench holds the service to is the best of these layouts, for the form the
+service actually serves.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from app.ml.serving_forms import Form, load_form
 
 
 def layouts(cores: int) -> list[tuple[int, int]]:
@@ -32,7 +35,7 @@ def _join(barrier: Any) -> None:
 
 def _one_process(
     folder: str,
-    form: str,
+    form: Form,
     max_length: int,
     texts: list[str],
     batches: list[int],
@@ -43,7 +46,6 @@ def _one_process(
     together with the other processes of its layout (so that all of them run at once)."""
     import torch
 
-    from app.ml.serving_forms import load_form
     from bench.forms import measure_ceiling
 
     torch.set_num_threads(threads)
@@ -64,15 +66,15 @@ def _one_process(
 
 def measure_layouts(
     folder: Path,
-    form: str,
+    form: Form,
     max_length: int,
     texts: list[str],
     cores: int,
     batches: list[int],
     seconds: float,
 ) -> dict[str, Any]:
-    """Texts/s of the version in `folder` served in `form` (a name load_form takes) per
-    layout and batch, all processes of a layout at once; the best layout and batch."""
+    """Texts/s of the version in `folder` served in `form` per layout and batch, all
+    processes of a layout at once; the best layout and batch."""
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     for processes, threads in layouts(cores):
@@ -105,7 +107,7 @@ def best_within(rows: list[dict[str, Any]], in_flight: int) -> dict[str, Any]:
 
 
 def batch1_alone(
-    folder: Path, form: str, max_length: int, texts: list[str], threads: int, seconds: float
+    folder: Path, form: Form, max_length: int, texts: list[str], threads: int, seconds: float
 ) -> float:
     """Milliseconds of one batch-1 forward pass (tokenizing included) of one process with
     `threads` threads, nothing else running: the pass a lone /label request waits for."""

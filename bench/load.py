@@ -1,10 +1,10 @@
 """A load generator: N concurrent clients on loopback for a fixed time, with latencies.
 
-The client shares this 2-core machine with the server, so every millisecond of CPU it
-spends per request is taken from the server it measures. It therefore speaks plain
-HTTP/1.1 over one keep-alive connection per client with asyncio streams (the way wrk or
-oha do, a few tens of microseconds a request) instead of through httpx (about a
-millisecond a request here, which cost the server a tenth of its throughput).
+The client shares the machine's cores with the server, so every bit of CPU it spends per
+request is taken from the server it measures. It therefore speaks plain HTTP/1.1 over one
+keep-alive connection per client with asyncio streams (the way wrk or oha do) instead of
+through httpx, whose cost per request took a visible share of the server's throughput
+(docs/benchmarks.md, "Why serving is built this way").
 """
 
 from __future__ import annotations

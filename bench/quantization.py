@@ -4,7 +4,8 @@ quantization of a published version keeps its quality, and how fast each runs.
 For the version's `model.onnx` and each way of quantizing it: dev and test macro-F1 on the
 demo data's gold splits (the splits the service's first model was trained and selected
 on) and texts/s at batch 8 with every core, in one process, one after the other: the
-machine is noisy, so rerun before trusting a speed difference under 20%. What
+machine is noisy (docs/benchmarks.md says by how much), so rerun before trusting a small
+speed difference. What
 app/ml/serving_forms.py builds at publish time was chosen from these runs
 (docs/benchmarks.md, "Serving forms").
 """

@@ -211,7 +211,7 @@ def onnx_runtime(
 
 def bf16(classifier: Classifier) -> Classifier:
     """A copy of `classifier` in bfloat16 (app/ml/modeling.as_bf16, the form an API
-    process serves as `torch bf16`): on a CPU with avx512_bf16 or AMX, oneDNN runs its
+    process serves as `Form.TORCH_BF16`): on a CPU with avx512_bf16 or AMX, oneDNN runs its
     matrix products in bf16."""
     import copy
 

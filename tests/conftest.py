@@ -86,7 +86,7 @@ def make_settings(
         # The micro-batch bounds are measured on every first load: briefly for tiny models.
         "infer_tune_seconds": 0.3,
         # Whether bf16 is a candidate depends on the CPU (AMX or avx512_bf16); tests of
-        # other things serve the same form on every CPU (tests/serving/test_serving_forms.py
+        # other things serve the same form on every CPU (tests/serving/test_form_choice.py
         # covers bf16, with the CPU's answer set).
         "infer_bf16": "never",
         "database_url": "",

@@ -27,21 +27,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Files being cleaned on other branches of the same change. Each is expected to fail
-# (strict: once one passes, its test fails until it is dropped from here).
-FIGURES_PENDING = {
-    "app/api/deps.py",
-    "app/core/busy.py",
-    "app/ml/onnx_runtime.py",
-    "app/ml/serving_forms.py",
-    "app/serving/batch_tuning.py",
-    "app/serving/model_server.py",
-}
-LENGTH_PENDING = {
-    "app/serving/model_server.py",
-    "bench/__main__.py",
-    "bench/store_size.py",
-}
 
 # --- measured figures ---------------------------------------------------------------------
 
@@ -126,15 +111,8 @@ CODE_FILES = python_files("app", "workers")
 
 def test_no_measured_figure_in_the_prose_of_app_and_workers():
     found = [
-        hit for path in CODE_FILES if path not in FIGURES_PENDING for hit in measured_figures(path)
+        hit for path in CODE_FILES for hit in measured_figures(path)
     ]
-    assert found == [], _figures_report(found)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="cleaned on another branch")
-@pytest.mark.parametrize("path", sorted(FIGURES_PENDING))
-def test_pending_file_has_no_measured_figure(path):
-    found = measured_figures(path)
     assert found == [], _figures_report(found)
 
 
@@ -211,16 +189,9 @@ def test_no_module_over_max_lines_without_a_reason():
     found = [
         hit
         for path in LENGTH_FILES
-        if path not in LENGTH_PENDING and (hit := too_long(path)) is not None
+        if (hit := too_long(path)) is not None
     ]
     assert found == [], _length_report(found)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="split on another branch")
-@pytest.mark.parametrize("path", sorted(LENGTH_PENDING))
-def test_pending_module_is_short_or_says_why(path):
-    hit = too_long(path)
-    assert hit is None, _length_report([hit])
 
 
 def test_a_long_module_passes_only_with_its_reason(tmp_path, monkeypatch):

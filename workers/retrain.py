@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.busy import TrainingYield
 from app.core.config import Settings
+from app.core.serving_beacon import TrainingYield
 from app.ml.job_params import JobParams
 from app.ml.method import pretrain_on_predictions
 from app.ml.modeling import Classifier, load_classifier, save_classifier
@@ -83,7 +83,7 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         job.started_at = job.heartbeat_at = utcnow()
         pool_upto = job.pool_upto_id
 
-    # Pause between steps while an API process on this machine serves (app/core/busy.py).
+    # Pause between steps while an API process here serves (app/core/serving_beacon.py).
     yield_to_serving = TrainingYield(settings.models_path, settings.worker_min_share)
     reporter = JobReporter(store, job_id, STAGES, between_steps=yield_to_serving)
     try:

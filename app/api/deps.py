@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from app.api.errors import Forbidden, Unauthorized
 from app.core.config import Settings
 from app.core.security import ApiKeys
+from app.serving.micro_batcher import MicroBatcher
 from app.serving.model_server import ModelServer
 from app.serving.store_writer import StoreWriter
 from app.store.database import Store
@@ -71,6 +72,11 @@ async def get_model_server(request: Request) -> ModelServer:
     return server
 
 
+async def get_micro_batcher(request: Request) -> MicroBatcher:
+    batcher: MicroBatcher = request.app.state.micro_batcher
+    return batcher
+
+
 async def get_store_writer(request: Request) -> StoreWriter:
     writer: StoreWriter = request.app.state.store_writer
     return writer
@@ -89,20 +95,19 @@ async def get_job_queue(request: Request) -> Any:
 @dataclass(frozen=True)
 class Labeling:
     """What a labeling route needs, checked and gathered in one dependency: FastAPI's cost
-    is per dependency. Under py-spy at concurrency 32, solving /label's four took 16.5% of
-    its event loop's samples, this one 9.5% (about 0.05 ms of a 0.7 ms loop per request;
-    too little to show in throughput through the noise of interleaved runs)."""
+    is per dependency, and solving four took a visible share of the event loop's time per
+    /label request (docs/benchmarks.md, "Why serving is built this way")."""
 
-    server: ModelServer
+    batcher: MicroBatcher
     writer: StoreWriter
     settings: Settings
 
 
 async def labeling(request: Request) -> Labeling:
-    """The caller may label (else 401), and the model server, store writer and settings."""
+    """The caller may label (else 401), and the micro-batcher, store writer and settings."""
     await require_labeler(request)
     return Labeling(
-        await get_model_server(request),
+        await get_micro_batcher(request),
         await get_store_writer(request),
         await get_app_settings(request),
     )

@@ -21,12 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logs import request_id
 from app.core.texts import storable
-from app.serving.model_server import (
-    ModelOverloaded,
-    NoActiveModel,
-    ShuttingDown,
-    UnscorableText,
-)
+from app.serving.micro_batcher import ModelOverloaded, NoActiveModel, ShuttingDown
+from app.serving.scoring import UnscorableText
 
 log = logging.getLogger(__name__)
 

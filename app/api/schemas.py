@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from app.core.texts import storable
 from app.core.times import as_utc
 from app.ml.job_params import JobParams
+from app.ml.serving_forms import Form
 
 # Every time the API answers with is in UTC with its zone (`...Z`), whichever store it
 # came from.
@@ -185,8 +186,7 @@ class ActiveModelView(BaseModel):
     served_version: int | None = Field(description="Version this API process serves now.")
     served_form: str | None = Field(
         None,
-        description="What runs it here: onnxruntime int8, onnxruntime fp32, torch bf16, "
-        "torch fp32 or torch int8.",
+        description=f"What runs it here: {', '.join(Form)}.",
     )
     served_form_reason: str | None = Field(None, description="Why this form.")
     forms_compared: dict[str, float] = Field(

@@ -41,6 +41,7 @@ from typing import Any
 from app.cli import common, data, jobs, models, retention, review
 from app.cli.client import ClientError
 from app.core.config import Settings, get_settings
+from app.core.logs import quiet_third_party_chatter
 from workers.queues import MAINTENANCE_QUEUE, QUEUES, TRAINING_QUEUE
 
 
@@ -63,6 +64,8 @@ def _bootstrap(settings: Settings) -> None:
     from workers.bootstrap import bootstrap_first_model
 
     store = Store(settings.store_url)
+    # Publishing the first model logs at LOG_LEVEL, as a worker publishing the next does.
+    logging.getLogger().setLevel(settings.log_level.upper())
     bars: dict[str, Any] = {}
 
     def progress(stage: str, fraction: float) -> None:
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # One log line per request would bury the operator commands' own output.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_third_party_chatter()
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)

@@ -5,6 +5,11 @@ it per request (the client's X-Request-ID when it is short and safe, else a fres
 sends it back as a response header; in a worker it is the Celery task id. A filter on the
 one root handler copies it onto every record, so the lines of uvicorn, Celery, SQLAlchemy
 and ours all carry it without any call site passing it along.
+
+Some libraries log through the root logger at INFO what only their developers read: ONNX
+Runtime's quantization, run when a version is published, writes a line per tensor it
+leaves unquantized. `ThirdPartyChatter` demotes those lines to DEBUG, so an operator's
+screen shows the service's own lines and LOG_LEVEL=debug still shows them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import re
 import uuid
 from contextvars import ContextVar
+from pathlib import PurePath
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -65,6 +71,36 @@ def make_formatter(log_format: str) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
+# Packages (as folders of their source files) whose INFO lines on the root logger are
+# demoted to DEBUG: (package, subpackage).
+CHATTY_PACKAGES = (("onnxruntime", "quantization"),)
+
+
+class ThirdPartyChatter(logging.Filter):
+    """On the root logger: INFO records that a package of CHATTY_PACKAGES logs there
+    through `logging.info` become DEBUG records, dropped unless the root logs DEBUG. (A
+    filter on a logger sees only the records made on it: the service's own loggers, which
+    propagate to the root's handlers, never pass here.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not _from_chatty_package(record.pathname):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_third_party_chatter() -> None:
+    """Install `ThirdPartyChatter` on the root logger (once, however often called)."""
+    root = logging.getLogger()
+    if not any(isinstance(f, ThirdPartyChatter) for f in root.filters):
+        root.addFilter(ThirdPartyChatter())
+
+
+def _from_chatty_package(pathname: str) -> bool:
+    parts = PurePath(pathname).parts
+    return any(pair in zip(parts, parts[1:], strict=False) for pair in CHATTY_PACKAGES)
+
+
 class ServiceLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The stderr handler `configure_logging` installs (a type of its own to find it again)."""
 
@@ -84,6 +120,7 @@ def configure_logging(settings: Settings) -> None:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    quiet_third_party_chatter()
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -131,7 +131,7 @@ def quantize_int8(classifier: Classifier) -> Classifier:
 
 def as_bf16(classifier: Classifier) -> Classifier:
     """The classifier with its weights and activations in bfloat16 (its model is cast in
-    place): the serving form `torch bf16`. On a CPU with AMX or avx512_bf16, oneDNN runs
+    place): the serving form `Form.TORCH_BF16`. On a CPU with AMX or avx512_bf16, oneDNN runs
     the matrix products in bf16; elsewhere torch emulates them, many times slower."""
     model: nn.Module = classifier.model
     model.to(torch.bfloat16)

@@ -5,8 +5,9 @@ The model is exported once per version to `model.onnx` (and quantized to
 before the folder is renamed into place, then run by onnxruntime's CPU provider. The
 result is a `Classifier` whose `model` is an ONNX Runtime session behind the call
 signature the server uses (`model(**batch).logits`), so tokenizing, padding and
-micro-batching stay exactly as they are. The logits match PyTorch's to about 1e-6
-(tests/bench/test_variants.py); `make bench` measures the speed (docs/benchmarks.md).
+micro-batching stay exactly as they are. The logits match PyTorch's to rounding
+(tests/bench/test_variants.py holds the tolerance); `make bench` measures the speed
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ def _quiet_export() -> Iterator[None]:
 def export_onnx(classifier: Classifier, path: Path, exporter: Exporter = "auto") -> str:
     """Write `classifier`'s model as ONNX to `path`, with dynamic batch and sequence axes.
 
-    "torchscript" is the tracing exporter (deprecated since torch 2.9 but about a second
-    here), "dynamo" torch.export's (needs `onnxscript`, about 10 s here); "auto" tries them
-    in that order. Returns the exporter used.
+    "torchscript" is the tracing exporter (deprecated since torch 2.9 but several times
+    faster to export here), "dynamo" torch.export's (needs `onnxscript`); "auto" tries
+    them in that order. Returns the exporter used (docs/benchmarks.md has the times).
     """
     if classifier.model.device.type != "cpu":
         raise OnnxUnavailable("ONNX export here expects the model on the CPU")

@@ -1,5 +1,5 @@
-"""The forms a version can be served in, built once when it is published, and which one an
-API process serves.
+"""The forms a version can be served in (`Form`, the one place their names are written),
+built once when the version is published, and loaded by name.
 
 Publishing writes, into the version's temporary folder before it is renamed into place:
 - `model.onnx`: the fp32 ONNX export (app/ml/onnx_runtime.py);
@@ -9,22 +9,19 @@ Publishing writes, into the version's temporary folder before it is renamed into
 - `serving_forms.json`: both forms scored on the gold dev set by ONNX Runtime, the drop of
   int8's macro-F1 from fp32's, and how long each took to build; and, where the publishing
   CPU computes bf16 natively (AMX or avx512_bf16), the model's weights in bfloat16 under
-  PyTorch (`torch bf16`, cast at load: no file) scored the same way.
+  PyTorch (`Form.TORCH_BF16`, cast at load: no file) scored the same way.
 
-An API process serves int8 only where that drop is within INFER_INT8_MAX_DROP points
-(default 0.5). bf16 is a candidate where its drop is within INFER_BF16_MAX_DROP points and
-the serving CPU has bf16 too; with two candidates the API process measures both (the
-micro-batch measurement, app/serving/batch_tuning.py) and serves the faster. It says which
-form it serves and why (`GET /models/active`, the dashboard, `pfp_served_form` in the
-metrics).
+Which form an API process serves, from this record, the settings and its CPU, is decided
+in app/serving/form_choice.py; it says which and why (`GET /models/active`, the
+dashboard, `pfp_served_form` in the metrics).
 
-Why this quantization (docs/benchmarks.md, "Serving forms"): on two fully trained models of
-the demo data (the first model at MAX_LENGTH 128 and at 64), quantizing only the MatMuls
-per output channel lost 0.27 and 0.12 point of dev macro-F1 at 1.6-2.0x fp32's speed.
-ONNX Runtime's default also quantizes the embedding tables (a lookup, which int8 does not
-speed up) and lost 0.41 and 0.68; per-tensor weights lost 0.96 on the first; uint8
-weights lost 0.26 but ran no faster than fp32 on this CPU (AVX-512 VNNI). Static
-quantization (calibrated activations) was not measured.
+Why this quantization (the measurements are in docs/benchmarks.md, "Serving forms"): on
+fully trained models of the demo data, quantizing only the MatMuls per output channel
+kept dev macro-F1 within the gate and ran well ahead of fp32. ONNX Runtime's default also
+quantizes the embedding tables, a lookup that int8 does not speed up, and lost more
+quality; per-tensor weights lost more still; uint8 weights kept quality but ran no faster
+than fp32 on a CPU with AVX-512 VNNI. Static quantization (calibrated activations) was
+not measured.
 """
 
 from __future__ import annotations
@@ -32,11 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from app.ml.modeling import Classifier
+if TYPE_CHECKING:  # the form names stay cheap to import: no torch for them
+    from app.ml.modeling import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +52,30 @@ INT8_METHOD: dict[str, Any] = {
 
 # INFER_INT8 and INFER_BF16: serve the form where its gate passes, never, or always.
 FormPolicy = Literal["gated", "never", "always"]
-BF16_FORM = "torch bf16"
 BF16_FLAGS = "avx512_bf16, amx_bf16"
-NO_BF16 = f"this CPU has none of {BF16_FLAGS}"
+
+
+class Form(StrEnum):
+    """A form an API process can serve a version in: the runtime and the precision it runs
+    in. The one place form names are written: its value is what operators read
+    (`served_form` in `GET /models/active`, the `pfp_served_form` metric, the bench)."""
+
+    ONNX_INT8 = "onnxruntime int8"
+    ONNX_FP32 = "onnxruntime fp32"
+    TORCH_FP32 = "torch fp32"
+    TORCH_INT8 = "torch int8"
+    TORCH_BF16 = "torch bf16"
+
+    @property
+    def key(self) -> str:
+        """The form in file names (the cache of measured micro-batch bounds): no spaces."""
+        return self.value.replace(" ", "-")
+
+    @property
+    def onnx_file(self) -> str | None:
+        """The file publishing wrote this form to, for the ONNX forms (None for PyTorch's,
+        which are made from the weights at load)."""
+        return {Form.ONNX_FP32: FP32_FILE, Form.ONNX_INT8: INT8_FILE}.get(self)
 
 
 def quantize_onnx(source: Path, target: Path) -> None:
@@ -163,8 +182,8 @@ def build_forms(
 
 def _score_bf16(folder: Path, max_length: int, dev: tuple[list[str], list[str]]) -> dict[str, Any]:
     """The dev macro-F1 of the model in bf16 under PyTorch, where this CPU computes bf16:
-    elsewhere torch emulates it (15.9 texts/s against 101.1 for fp32 on an AVX2 machine,
-    docs/benchmarks.md), and no API process on such a CPU would serve it."""
+    elsewhere torch emulates it, several times slower than fp32 (docs/benchmarks.md), and
+    no API process on such a CPU would serve it."""
     from app.ml import training
     from app.ml.modeling import as_bf16, load_classifier
     from app.ml.onnx_runtime import first_line
@@ -201,79 +220,19 @@ def read_forms(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-@dataclass(frozen=True)
-class FormChoice:
-    """Which ONNX file of a version to serve, and why."""
-
-    form: Literal["fp32", "int8"]
-    file: str
-    reason: str
-
-
-def choose_form(folder: Path, policy: FormPolicy, max_drop_points: float) -> FormChoice:
-    """int8 where it was built and (policy "gated") its dev macro-F1 is at most
-    `max_drop_points` below fp32's; else fp32."""
-    if policy == "never":
-        return FormChoice("fp32", FP32_FILE, "INFER_INT8=never")
-    forms = read_forms(folder)
-    if forms is None or not (folder / INT8_FILE).is_file():
-        return FormChoice("fp32", FP32_FILE, "published without an int8 form")
-    if policy == "always":
-        return FormChoice("int8", INT8_FILE, "INFER_INT8=always (not gated)")
-    drop = forms.get("int8_drop_points")
-    if drop is None:
-        why = forms.get("note") or forms.get("int8", {}).get("error") or "int8 was not scored"
-        return FormChoice("fp32", FP32_FILE, f"{why}: int8 not served unscored")
-    if drop > max_drop_points:
-        return FormChoice(
-            "fp32",
-            FP32_FILE,
-            f"int8 dev macro-F1 {drop:.2f} points below fp32 (limit {max_drop_points:g})",
-        )
-    return FormChoice(
-        "int8",
-        INT8_FILE,
-        f"int8 dev macro-F1 within {max_drop_points:g} points of fp32 ({drop:+.2f} drop)",
-    )
-
-
-def bf16_gate(folder: Path, policy: FormPolicy, max_drop_points: float) -> tuple[bool, str]:
-    """Whether the `torch bf16` form of `folder` may be served on this CPU, and why: where
-    the CPU computes bf16 and (policy "gated") publishing scored it at most
-    `max_drop_points` of dev macro-F1 below fp32. Being allowed makes it a candidate; the
-    API process serves it only if it is also the faster form here."""
-    from app.ml import training
-
-    if policy == "never":
-        return False, "INFER_BF16=never"
-    if not training.cpu_has_fast_bf16():
-        return False, NO_BF16
-    if policy == "always":
-        return True, "INFER_BF16=always (not gated)"
-    forms = read_forms(folder) or {}
-    drop = forms.get("bf16_drop_points")
-    if drop is None:
-        bf16 = forms.get("bf16") or {}
-        why = bf16.get("unavailable") or bf16.get("error") or "bf16 was not scored"
-        return False, f"{why}: bf16 not served unscored"
-    if drop > max_drop_points:
-        return False, f"bf16 dev macro-F1 {drop:.2f} points below fp32 (limit {max_drop_points:g})"
-    return True, f"bf16 dev macro-F1 within {max_drop_points:g} points of fp32 ({drop:+.2f} drop)"
-
-
-def load_form(folder: Path, form: str, max_length: int, threads: int | None) -> Classifier:
-    """The version in `folder` as an API process serves it in `form`: "onnxruntime fp32",
-    "onnxruntime int8", "torch fp32", "torch int8" or "torch bf16". ONNX forms raise
+def load_form(folder: Path, form: Form, max_length: int, threads: int | None) -> Classifier:
+    """The version in `folder` as an API process serves it in `form`. ONNX forms raise
     OnnxUnavailable where the file is missing or ONNX Runtime cannot run it."""
     from app.ml.modeling import as_bf16, load_classifier, quantize_int8
     from app.ml.onnx_runtime import onnx_classifier
 
     classifier = load_classifier(folder, max_length)
-    files = {"onnxruntime fp32": FP32_FILE, "onnxruntime int8": INT8_FILE}
-    if form in files:
-        return onnx_classifier(classifier, folder, threads, files[form])
-    builders = {"torch fp32": lambda c: c, "torch int8": quantize_int8, BF16_FORM: as_bf16}
-    if form not in builders:
-        raise ValueError(f"unknown serving form {form!r}")
+    if form.onnx_file is not None:
+        return onnx_classifier(classifier, folder, threads, form.onnx_file)
+    builders = {
+        Form.TORCH_FP32: lambda c: c,
+        Form.TORCH_INT8: quantize_int8,
+        Form.TORCH_BF16: as_bf16,
+    }
     built: Classifier = builders[form](classifier)
     return built

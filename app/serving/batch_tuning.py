@@ -1,11 +1,12 @@
 """Micro-batch bounds measured for the model being loaded, on the CPU it is loaded on.
 
-The fastest micro-batch depends on the model, its form (fp32 or int8), the runtime and the
-CPU: on one 2-core machine ONNX Runtime gained nothing past batch 8, on another of the same
-kind batch 16 was 1.26x batch 1. So when an API process loads a version it runs the served
+The fastest micro-batch depends on the model, its form (fp32, int8, bf16), the runtime and
+the CPU: two 2-core machines of the same kind disagreed on it (docs/benchmarks.md, "Why
+serving is built this way"). So when an API process loads a version it runs the served
 form for a few seconds, off the request path (before the swap), on texts like the ones it
-will serve (the store's newest, else gold), at a few bounds, and serves with the fastest.
-It runs as many passes at once as the layout has API processes, as they run under load.
+will serve (the store's newest, else gold: read through the callable it is given), at a
+few bounds, and serves with the fastest. It runs as many passes at once as the layout has
+API processes, as they run under load.
 
 What the measurement chose is cached under MODEL_DIR/.batch-tuning per model shape (the
 architecture in config.json: versions retrained from one base share it), form, CPU and
@@ -29,31 +30,33 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from app.core.config import Settings
 from app.ml.modeling import Classifier
-from app.serving.batching import plan_forward_passes
+from app.ml.serving_forms import Form
+from app.serving.batch_bounds import (
+    BatchBounds,
+    fixed_bounds,
+    plan_forward_passes,
+)
 
 log = logging.getLogger(__name__)
 
 TUNING_FOLDER = ".batch-tuning"
-# The bounds tried. Texts: a forward pass of more than 32 short texts was slower per text
-# than 16 to 32 on every CPU measured (docs/benchmarks.md). Tokens: only matter for long
-# texts, and bound the memory of one pass.
+# The bounds tried. Texts: passes larger than the largest tried were slower per text on
+# every CPU measured (docs/benchmarks.md). Tokens: only matter for long texts, and bound
+# the memory of one pass.
 TEXT_BOUNDS = (1, 2, 4, 8, 16, 32)
 TOKEN_BOUNDS = (1024, 2048, 4096)
-# Used where nothing is measured (INFER_TUNE_SECONDS=0, or a loader without a store).
-DEFAULT_MAX_TEXTS = 8
-DEFAULT_MAX_TOKENS = 2048
 # Of the bounds within this share of the fastest, the largest is taken: under load each
 # pass also pays what this in-process measurement does not see (a thread hop each way,
-# settling the callers' futures, caches the event loop cooled between passes). On one
-# 2-core AMD EPYC (AVX2), measured with two lanes, 1 text ran 309 texts/s against 280
-# for 4, yet through the service at concurrency 32 a fixed 4 served 1.2-1.4x the 1
-# chosen (bench part 7, four runs of 1 against one of 4): a per-pass cost of about a
-# fifth of a batch-1 pass. A 3% margin chose 1 there.
+# settling the callers' futures, caches the event loop cooled between passes). Where the
+# measurement put one text a pass slightly ahead of four, the service served clearly more
+# with four, and a narrower margin chose one (docs/benchmarks.md, "Why serving is built
+# this way").
 WITHIN = 0.10
 # Each bound is measured in this many turns, interleaved with the others (see _compare).
 ROUNDS = 3
@@ -63,29 +66,6 @@ FALLBACK_TEXTS = [
     "where is my bag",
     "the seats were fine, the crew was friendly, but the wifi did not work at all",
 ]
-
-
-@dataclass(frozen=True)
-class BatchBounds:
-    """The micro-batcher's bounds for one loaded model, and where they came from."""
-
-    max_texts: int
-    max_tokens: int
-    # "measured" (now), "cached" (an earlier measurement of this form on this CPU),
-    # "settings" (INFER_MAX_BATCH / INFER_MAX_BATCH_TOKENS), "default" (not measured).
-    source: str
-    # texts/s per bound tried, e.g. {"texts=8": 180.1, "tokens=2048": 181.0}
-    measured: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def texts_per_s(self) -> float | None:
-        """What the measurement ran at these bounds (None where nothing was measured): the
-        token bounds were tried at the chosen text bound, so their figure is the chosen
-        pair's."""
-        return self.measured.get(f"tokens={self.max_tokens}") or self.measured.get(
-            f"texts={self.max_texts}"
-        )
 
 
 def cpu_key(threads: int, processes: int = 1) -> str:
@@ -164,8 +144,7 @@ def _compare(
     best turn of each kept. Sharing the CPU only ever slows a turn, so the best is the
     closest to the setting's own speed: a sibling process that loads its model meanwhile
     (a core for seconds) slows some turns, not the one setting it overlaps (with one turn
-    each, one run chose 2 texts at 130 texts/s over 1 text at 121, where alone 1 text
-    ran at 134 and 2 at 123)."""
+    each, such a load once made the slower of two bounds win)."""
     turn = seconds / (ROUNDS * len(settings))
     best = dict.fromkeys(settings, 0.0)
     for round_ in range(ROUNDS):
@@ -212,10 +191,10 @@ def measure(
     with as many passes at once as the layout has API processes.
 
     Under load every sibling process runs its passes too, and the fastest bound is not the
-    same then: on one 2-core machine int8 ran 134 texts/s at batch 1 against 115 at batch
-    8 in one process alone, but 192 against 219 with two processes at once, and fixed
-    bounds of 4 texts served /label 1.2-1.5x the 1 text chosen alone. So the process that
-    measures (its siblings wait: tuned_bounds) runs one lane per process of the layout."""
+    same then: batch 1 won in one process alone and lost to batch 8 with two processes at
+    once, and the bound chosen alone served /label clearly less than a larger one
+    (docs/benchmarks.md). So the process that measures (its siblings wait: tuned_bounds)
+    runs one lane per process of the layout."""
     texts = _prepared(texts)
     share = seconds / (len(TEXT_BOUNDS) + len(TOKEN_BOUNDS))
     started = time.perf_counter()
@@ -275,9 +254,9 @@ def one_load_at_a_time(
     models_path: Path, timeout: float = 120.0
 ) -> contextlib.AbstractContextManager[None]:
     """A lock the API processes of one machine (one host name) take around loading a
-    version: loading takes a core for seconds, and in one measurement of the bounds beside
-    a sibling's load, 16 texts ran 193 texts/s in its turns during that load and 233 in
-    the turns after it. Serving goes on with the version already loaded meanwhile."""
+    version: loading takes a core for seconds, and a measurement of the bounds beside a
+    sibling's load ran visibly slower during that load than after it. Serving goes on
+    with the version already loaded meanwhile."""
     name = f"load-{socket.gethostname()}.lock"
     return _locked(models_path / TUNING_FOLDER / name, timeout)
 
@@ -288,14 +267,14 @@ def tuned_bounds(
     *,
     models_path: Path,
     shape: str,
-    form: str,
+    form: Form,
     threads: int,
     seconds: float,
     processes: int = 1,
 ) -> BatchBounds:
     """The cached bounds of (model shape, form, CPU, layout), else measured now on
     `texts()` (read only then) and cached."""
-    cache = models_path / TUNING_FOLDER / f"{shape}-{form}-{cpu_key(threads, processes)}.json"
+    cache = models_path / TUNING_FOLDER / f"{shape}-{form.key}-{cpu_key(threads, processes)}.json"
     with _locked(cache.with_suffix(".lock")):
         with contextlib.suppress(OSError, ValueError, TypeError):
             data: dict[str, Any] = json.loads(cache.read_text())
@@ -313,3 +292,37 @@ def tuned_bounds(
         bounds.measured,
     )
     return bounds
+
+
+def bounds_for(
+    settings: Settings,
+    classifier: Classifier,
+    texts: Callable[[], Sequence[str]],
+    *,
+    shape: str,
+    form: Form,
+) -> BatchBounds:
+    """The micro-batch bounds for this version in `form`: the settings', else measured on
+    `texts()` (or cached from an earlier measurement of this form on this CPU)."""
+    fixed_texts, fixed_tokens = settings.infer_max_batch, settings.infer_max_batch_tokens
+    if (fixed_texts and fixed_tokens) or settings.infer_tune_seconds <= 0:
+        return fixed_bounds(settings)
+    processes, threads = settings.api_layout
+    tuned = tuned_bounds(
+        classifier,
+        texts,
+        models_path=settings.models_path,
+        shape=shape,
+        form=form,
+        threads=threads,
+        seconds=settings.infer_tune_seconds,
+        processes=processes,
+    )
+    if fixed_texts or fixed_tokens:  # one bound set, the other measured
+        return replace(
+            tuned,
+            max_texts=fixed_texts or tuned.max_texts,
+            max_tokens=fixed_tokens or tuned.max_tokens,
+            source=f"{tuned.source}, partly settings",
+        )
+    return tuned

@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.core.logs import request_id
-from app.serving.batching import failed_alone, named_thread, settle
+from app.serving.batch_callers import failed_alone, named_thread, settle
 from app.serving.telemetry import WRITER_PENDING
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction, insert_predictions

@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.ml.serving_forms import Form
 from app.store import versions
 from app.store.database import Store
 from app.store.jobs import FINISHED
@@ -52,10 +53,9 @@ TEXTS_LABELED = Counter("pfp_texts_labeled_total", "Texts labeled and stored", [
 SERVED_VERSION = Gauge(
     "pfp_served_model_version", "Model version this process serves", multiprocess_mode="liveall"
 )
-SERVED_FORMS = ("onnxruntime int8", "onnxruntime fp32", "torch fp32", "torch int8", "torch bf16")
 SERVED_FORM = Gauge(
     "pfp_served_form",
-    f"1 for the form of the model this process serves ({', '.join(SERVED_FORMS)})",
+    f"1 for the form of the model this process serves ({', '.join(Form)})",
     ["form"],
     multiprocess_mode="liveall",
 )
@@ -272,10 +272,11 @@ class StoreCollector(Collector):
             )
 
 
-def show_served(version: int, form: str, max_texts: int, max_tokens: int) -> None:
-    """Set this process's served-model gauges (after a load or a swap)."""
+def show_served(version: int, form: Form, max_texts: int, max_tokens: int) -> None:
+    """Set this process's served-model gauges (after a load or a swap): every form has a
+    series, 0 where not served, so a panel can key on them."""
     SERVED_VERSION.set(version)
-    for name in {*SERVED_FORMS, form}:
+    for name in Form:
         SERVED_FORM.labels(name).set(1 if name == form else 0)
     BATCH_BOUND.labels("texts").set(max_texts)
     BATCH_BOUND.labels("tokens").set(max_tokens)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, Select, func, insert, select
 from sqlalchemy.orm import Session
 
-from app.store.tables import PseudoLabel, utcnow
+from app.store.tables import GoldExample, PseudoLabel, utcnow
 
 
 @dataclass(frozen=True)
@@ -175,3 +175,14 @@ def pool_pages(
         if len(page) < page_size:
             return
         cursor = page[-1].id
+
+
+def texts_like_served(session: Session, count: int = 256) -> list[str]:
+    """Up to `count` texts like those an API process will serve, for measuring its
+    micro-batch bounds: the newest stored, topped up with gold where few are stored yet."""
+    texts = list(
+        session.scalars(select(PseudoLabel.text).order_by(PseudoLabel.id.desc()).limit(count))
+    )
+    if len(texts) < count // 4:
+        texts += session.scalars(select(GoldExample.text).limit(count - len(texts)))
+    return texts

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from app.ml.serving_forms import Form
 from app.store import jobs, pseudo_labels, versions
 from app.store.database import Store
 from tests.conftest import ADMIN, RecordingQueue
@@ -302,7 +303,7 @@ def test_health_ready_and_metrics(api):
     form, bounds = active["served_form"], active["batching"]
     assert f'pfp_served_form{{form="{form}"}} 1.0' in metrics
     # Every form it could serve has a series, 0 where not served (a panel keys on them).
-    for other in {"onnxruntime int8", "onnxruntime fp32", "torch bf16"} - {form}:
+    for other in {Form.ONNX_INT8, Form.ONNX_FP32, Form.TORCH_BF16} - {form}:
         assert f'pfp_served_form{{form="{other}"}} 0.0' in metrics
     assert f'pfp_inference_batch_bound{{bound="texts"}} {float(bounds["max_texts"])}' in metrics
     assert active["served_form_reason"] and bounds["source"] in ("measured", "cached")

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from app.core.config import Settings
 from app.main import create_app
 from app.ml.modeling import Classifier, init_classifier
-from app.serving.model_server import ModelServer, ServedModel, UnscorableText
+from app.serving.form_choice import ServedModel
+from app.serving.micro_batcher import MicroBatcher
+from app.serving.scoring import UnscorableText
 from app.serving.store_writer import StoreWriter
 from app.serving.telemetry import ISOLATED_FAILURES
 from app.store import gold, jobs, pseudo_labels
@@ -56,10 +58,9 @@ def _shape(response) -> dict:
     return body
 
 
-def _poison(server: ModelServer) -> None:
+def _poison(served: ServedModel | None) -> None:
     """Make the served model fail on POISON texts, as a tokenizer fails on input it cannot
     take, whatever other texts share its call."""
-    served = server.current
     assert served is not None
     classifier = served.classifier
     encode = classifier.encode
@@ -107,27 +108,23 @@ def test_a_poisoned_request_fails_alone_in_its_batch(published_copy: Settings, t
     """Requests gathered into one batch with a text the model cannot take: the others are
     answered, the culprit alone fails, and the event is counted."""
     model, tokenizer = init_classifier(tiny_base, LABELS)
-    store = Store(published_copy.store_url)
-    server = ModelServer(
-        published_copy, store, loader=lambda _v: Classifier(model.eval(), tokenizer, LABELS, 32)
-    )
-    server.current = ServedModel(1, Classifier(model.eval(), tokenizer, LABELS, 32))
-    _poison(server)
+    served = ServedModel(1, Classifier(model.eval(), tokenizer, LABELS, 32))
+    _poison(served)
+    batcher = MicroBatcher(published_copy, lambda: served)
     before = ISOLATED_FAILURES.labels("model")._value.get()
 
     async def scenario() -> list:
-        task = asyncio.create_task(server._batch_loop())
+        await batcher.start()
         try:
             requests = [[f"fine {i}"] for i in range(15)]
             requests.insert(7, ["also fine", f"{POISON} here", "fine too"])
             return await asyncio.gather(
-                *(server.predict(texts) for texts in requests), return_exceptions=True
+                *(batcher.predict(texts) for texts in requests), return_exceptions=True
             )
         finally:
-            task.cancel()
+            await batcher.stop()
 
     outcomes = asyncio.run(scenario())
-    store.dispose()
     failed = outcomes.pop(7)
     assert isinstance(failed, UnscorableText) and failed.positions == [1]
     assert "texts[1]" in str(failed)
@@ -136,7 +133,7 @@ def test_a_poisoned_request_fails_alone_in_its_batch(published_copy: Settings, t
 
 
 def test_a_poisoned_request_among_concurrent_ones_over_http(api):
-    _poison(api.server)
+    _poison(api.server.current)
     texts = [f"@united ordinary request {i}" for i in range(24)]
 
     def send(text: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.ml.serving_forms import Form
 from tests.processes import ROOT, service_env
 
 pytestmark = pytest.mark.integration
@@ -34,10 +35,10 @@ def test_quick_bench_runs_every_part(tmp_path: Path):
     assert {
         "fp32",
         "int8",
-        "torch bf16",
+        Form.TORCH_BF16,
         "torch.compile",
         "onnxruntime",
-        "onnxruntime int8",
+        Form.ONNX_INT8,
         *student,
     } == set(forms)
     # The machine's ceiling: every layout of processes x threads, for the served form.

@@ -11,7 +11,8 @@ import pytest
 
 from app.store import pseudo_labels, stats
 from app.store.database import Store
-from bench.store_size import LABELS, PER_DAY, bulk_fill, prepare_store, probe_pool, synthetic_rows
+from bench.store_size.fill import LABELS, PER_DAY, bulk_fill, prepare_store, synthetic_rows
+from bench.store_size.measure import probe_pool
 
 
 def test_synthetic_rows_are_spread_up_to_now_with_consistent_logits():

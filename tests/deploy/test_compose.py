@@ -163,8 +163,8 @@ class Labeler(threading.Thread):
     """A client labeling through the published port while a job runs and the API swaps.
 
     One text every 2 s: a worker on the same host pauses training while the API served
-    within the last second (app/core/busy.py), so a steady stream would stretch the job to
-    WORKER_MIN_SHARE of its speed, ten times as long."""
+    within the last second (app/core/serving_beacon.py), so a steady stream would stretch
+    the job to WORKER_MIN_SHARE of its speed, ten times as long."""
 
     def __init__(self, stack: Stack) -> None:
         super().__init__(daemon=True)

@@ -16,8 +16,10 @@ from app.core.config import Settings
 from app.main import create_app
 from app.ml.modeling import init_classifier, load_classifier
 from app.registry import version_dir
-from app.serving.batching import plan_forward_passes
-from app.serving.model_server import ModelServer, ServedModel
+from app.serving.batch_bounds import fixed_bounds, plan_forward_passes
+from app.serving.form_choice import ServedModel
+from app.serving.micro_batcher import MicroBatcher
+from app.serving.scoring import score
 from app.serving.store_writer import StoreWriter
 from app.store.database import Store
 from tests.conftest import ADMIN
@@ -51,7 +53,7 @@ def test_server_scores_match_one_text_at_a_time_in_caller_order(published_copy: 
         update={"infer_max_batch": 4, "infer_max_batch_tokens": 40}
     )
     classifier = load_classifier(version_dir(settings, 1), settings.max_length)
-    server = ModelServer(settings, Store(settings.store_url), loader=lambda _v: classifier)
+    served = ServedModel(1, classifier, bounds=fixed_bounds(settings))
     rng = random.Random(7)
     words = [
         "delayed",
@@ -66,8 +68,8 @@ def test_server_scores_match_one_text_at_a_time_in_caller_order(published_copy: 
         "refund",
     ]
     texts = [" ".join(rng.choices(words, k=rng.randint(1, 25))) for _ in range(23)]
-    gathered = server._score(ServedModel(1, classifier), texts)
-    alone = [server._score(ServedModel(1, classifier), [t])[0] for t in texts]
+    gathered = score(served, texts)
+    alone = [score(served, [t])[0] for t in texts]
     assert [s.label for s in gathered] == [s.label for s in alone]
     for a, b in zip(gathered, alone, strict=True):
         assert a.logits == pytest.approx(b.logits, abs=1e-4)
@@ -104,7 +106,7 @@ def test_int8_keeps_the_predictions_of_a_trained_classifier(tiny_base: Path):
 
 
 def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Path):
-    from app.core.busy import ServingBeacon, TrainingYield, machine_id, serving_busy
+    from app.core.serving_beacon import ServingBeacon, TrainingYield, machine_id, serving_busy
 
     models = tmp_path / "models"
     assert not serving_busy(models)  # no API process has served yet
@@ -138,7 +140,7 @@ def test_serving_marks_itself_busy_for_training_on_the_same_machine(tmp_path: Pa
 
 
 def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
-    from app.core.busy import ServingBeacon, TrainingYield
+    from app.core.serving_beacon import ServingBeacon, TrainingYield
 
     ServingBeacon(tmp_path).mark_busy()
     yielder = TrainingYield(tmp_path, min_share=1.0)
@@ -148,13 +150,14 @@ def test_a_job_that_does_not_share_never_pauses(tmp_path: Path):
     assert time.monotonic() - start < 0.05
 
 
-def test_the_model_server_signals_while_it_scores(published_copy: Settings):
-    from app.core.busy import serving_busy
+def test_the_micro_batcher_signals_while_it_scores(published_copy: Settings):
+    from app.core.serving_beacon import serving_busy
 
     classifier = load_classifier(version_dir(published_copy, 1), published_copy.max_length)
-    server = ModelServer(published_copy, Store(published_copy.store_url), lambda _v: classifier)
+    served = ServedModel(1, classifier)
+    batcher = MicroBatcher(published_copy, lambda: served)
     assert not serving_busy(published_copy.models_path)
-    server._score(ServedModel(1, classifier), ["a text"])
+    batcher._score(served, ["a text"])
     assert serving_busy(published_copy.models_path)
 
 
@@ -209,30 +212,14 @@ def test_the_servers_threads_carry_their_names_in_the_os(settings: Settings) -> 
 
     store = Store(settings.store_url)
     try:
-        server = ModelServer(settings, store)
+        batcher = MicroBatcher(settings, lambda: None)
         writer = StoreWriter(store)
-        for pool, name in ((server._infer, "pfp-infer"), (writer._thread, "pfp-store")):
+        for pool, name in ((batcher._infer, "pfp-infer"), (writer._thread, "pfp-store")):
             tid = pool.submit(threading.get_native_id).result()
             assert Path(f"/proc/{os.getpid()}/task/{tid}/comm").read_text().strip() == name
             pool.shutdown()
     finally:
         store.dispose()
-
-
-def test_sibling_processes_load_one_at_a_time_and_a_stuck_one_is_waited_for_only_so_long(
-    tmp_path: Path,
-) -> None:
-    from app.serving.batch_tuning import one_load_at_a_time
-
-    with one_load_at_a_time(tmp_path, timeout=5):
-        started = time.monotonic()
-        # Another holder (a sibling process: flock locks per open file) waits, then goes on.
-        with one_load_at_a_time(tmp_path, timeout=0.3):
-            waited = time.monotonic() - started
-    assert 0.3 <= waited < 3
-    started = time.monotonic()
-    with one_load_at_a_time(tmp_path, timeout=5):  # released: no wait
-        assert time.monotonic() - started < 0.2
 
 
 def test_the_batcher_waits_for_the_callers_it_answered_and_never_for_a_lone_one(
@@ -246,33 +233,34 @@ def test_the_batcher_waits_for_the_callers_it_answered_and_never_for_a_lone_one(
         update={"infer_max_wait_ms": 300.0, "infer_max_batch": 32, "infer_max_batch_tokens": 4096}
     )
     classifier = load_classifier(version_dir(settings, 1), settings.max_length)
-    server = ModelServer(settings, Store(settings.store_url), loader=lambda _v: classifier)
+    served = ServedModel(1, classifier, bounds=fixed_bounds(settings))
+    batcher = MicroBatcher(settings, lambda: served)
     gathered: list[int] = []
-    score = server._score
+    scored = batcher._score
 
     def recording(served: ServedModel, texts: list[str]) -> list:  # type: ignore[type-arg]
         gathered.append(len(texts))
-        return score(served, texts)
+        return scored(served, texts)
 
-    server._score = recording  # type: ignore[method-assign]
+    batcher._score = recording  # type: ignore[method-assign]
 
     async def scenario() -> tuple[float, float]:
-        await server.start()
+        await batcher.start()
         began = time.perf_counter()
         for _ in range(5):
-            await server.predict(["a lone text"])
+            await batcher.predict(["a lone text"])
         lone = time.perf_counter() - began
 
         async def caller(i: int) -> None:
             for _ in range(6):
-                await server.predict([f"text number {i}"])
+                await batcher.predict([f"text number {i}"])
                 await asyncio.sleep(0.005)  # the caller's round trip
 
         gathered.clear()
         began = time.perf_counter()
         await asyncio.gather(*(caller(i) for i in range(8)))
         together = time.perf_counter() - began
-        await server.stop()
+        await batcher.stop()
         return lone, together
 
     lone, together = asyncio.run(scenario())

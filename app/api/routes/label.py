@@ -10,7 +10,7 @@ from app.api.deps import LabelingDep
 from app.api.errors import TooLarge
 from app.api.schemas import BatchLabelRequest, BatchLabelResult, LabelRequest, LabelResult
 from app.core.config import Settings
-from app.serving.model_server import Scored
+from app.serving.scoring import Scored
 from app.serving.store_writer import StoreWriter
 from app.serving.telemetry import CONFIDENCE, TEXTS_LABELED
 from app.store.pseudo_labels import Prediction
@@ -61,19 +61,19 @@ async def _store(writer: StoreWriter, texts: list[str], scored: list[Scored]) ->
 
 
 @router.post("/label", response_model=LabelResult)
-async def label(body: LabelRequest, use: LabelingDep) -> LabelResult:
+async def label(body: LabelRequest, labeling: LabelingDep) -> LabelResult:
     """Label one text with the active model and store the prediction."""
-    _check_sizes([body.text], use.settings)
-    scored = await use.server.predict([body.text])
-    return (await _store(use.writer, [body.text], scored))[0]
+    _check_sizes([body.text], labeling.settings)
+    scored = await labeling.batcher.predict([body.text])
+    return (await _store(labeling.writer, [body.text], scored))[0]
 
 
 @router.post("/label/batch", response_model=BatchLabelResult)
-async def label_batch(body: BatchLabelRequest, use: LabelingDep) -> BatchLabelResult:
+async def label_batch(body: BatchLabelRequest, labeling: LabelingDep) -> BatchLabelResult:
     """Label several texts; results come back in the order of `texts`."""
-    limit = use.settings.max_batch_texts
+    limit = labeling.settings.max_batch_texts
     if len(body.texts) > limit:
         raise TooLarge(f"{len(body.texts)} texts in one batch; the limit is {limit}")
-    _check_sizes(body.texts, use.settings)
-    scored = await use.server.predict(body.texts)
-    return BatchLabelResult(results=await _store(use.writer, body.texts, scored))
+    _check_sizes(body.texts, labeling.settings)
+    scored = await labeling.batcher.predict(body.texts)
+    return BatchLabelResult(results=await _store(labeling.writer, body.texts, scored))

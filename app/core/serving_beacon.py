@@ -1,10 +1,12 @@
-"""Serving tells training on the same machine that it is busy, and training pauses.
+"""The serving beacon: serving tells training on the same machine that it is busy, and
+training pauses.
 
 Both sides use this module: API processes (`ServingBeacon`) and workers (`TrainingYield`).
-Why not niceness or SCHED_IDLE: measured (docs/benchmarks.md, `make bench`), a training job
-slowed the API's forward passes about 3x whether the worker ran at nice 0, nice 19 or
-under SCHED_IDLE, with 1 thread or all: the scheduler did starve other CPU-bound programs
-(a matrix-product loop at SCHED_IDLE cost serving nothing), but a training step and a
+Why not niceness or SCHED_IDLE: measured (`make bench`, part 5; the figures are in
+docs/benchmarks.md, "Why serving is built this way"), a training job slowed the API's
+forward passes several-fold whether the worker ran at nice 0, nice 19 or under
+SCHED_IDLE, with 1 thread or all: the scheduler did starve other CPU-bound programs (a
+matrix-product loop at SCHED_IDLE cost serving nothing), but a training step and a
 forward pass also compete for memory bandwidth and cache, which no CPU priority shares
 out. So training yields by not running: between two steps it waits while an API process
 on this machine has served within the last second, up to a bound that keeps it moving

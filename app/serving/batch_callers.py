@@ -1,5 +1,6 @@
-"""What the micro-batcher and the batched store writer share: their threads, answering
-their callers, and how the micro-batcher cuts gathered texts into forward passes."""
+"""Answering the callers of a shared batch, for the micro-batcher and the batched store
+writer alike: the named thread a batch runs on, each caller's share of the outcome, and a
+caller failed alone while the rest of its batch was answered."""
 
 from __future__ import annotations
 
@@ -73,26 +74,3 @@ def failed_alone(
         error,
         extra={"request_id": request_id},
     )
-
-
-def plan_forward_passes(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
-    """Cut texts (given by their token counts) into forward passes of at most `max_texts`
-    texts and `max_tokens` padded tokens (texts x the longest of the pass).
-
-    Texts are taken shortest first, so each pass holds texts of similar length and pads
-    little: one long text no longer makes 31 short ones pay for its length. A text longer
-    than `max_tokens` on its own still gets a pass of its own. Returns the indices into
-    `lengths` of each pass.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    passes: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # Sorted ascending: the text being added is the longest of the pass so far.
-        if current and (len(current) >= max_texts or (len(current) + 1) * lengths[i] > max_tokens):
-            passes.append(current)
-            current = []
-        current.append(i)
-    if current:
-        passes.append(current)
-    return passes
