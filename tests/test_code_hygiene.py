@@ -110,9 +110,7 @@ CODE_FILES = python_files("app", "workers")
 
 
 def test_no_measured_figure_in_the_prose_of_app_and_workers():
-    found = [
-        hit for path in CODE_FILES for hit in measured_figures(path)
-    ]
+    found = [hit for path in CODE_FILES for hit in measured_figures(path)]
     assert found == [], _figures_report(found)
 
 
@@ -186,11 +184,7 @@ LENGTH_FILES = python_files("app", "workers", "bench", "research")
 
 
 def test_no_module_over_max_lines_without_a_reason():
-    found = [
-        hit
-        for path in LENGTH_FILES
-        if (hit := too_long(path)) is not None
-    ]
+    found = [hit for path in LENGTH_FILES if (hit := too_long(path)) is not None]
     assert found == [], _length_report(found)
 
 
