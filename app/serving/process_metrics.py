@@ -15,6 +15,7 @@ a new process that was given a dead one's pid from the process that enrolled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ def _family(name: str, help_text: str) -> CounterMetricFamily | GaugeMetricFamil
     return GaugeMetricFamily(name, help_text, labels=["pid"])
 
 
-def _the(pid: int) -> Callable[[], int]:
+def _returning(pid: int) -> Callable[[], int]:
     return lambda: pid
 
 
@@ -83,15 +84,16 @@ class ApiProcessFigures(Collector):
         those that exited (or whose pid a newer process took) are removed."""
         alive = []
         for path in self.folder.glob(f"*{ENROLMENT_SUFFIX}"):
-            pid = int(path.name.removesuffix(ENROLMENT_SUFFIX))
+            name = path.name.removesuffix(ENROLMENT_SUFFIX)
             try:
                 enrolled_at = path.read_text()
             except OSError:
                 continue  # left at this moment
-            if self._start_ticks(pid) == enrolled_at:
-                alive.append(pid)
+            if name.isdigit() and self._start_ticks(int(name)) == enrolled_at:
+                alive.append(int(name))
             else:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a scrape answers whatever happens here
+                    path.unlink()
         return sorted(alive)
 
     def describe(self) -> Iterator[Metric]:
@@ -102,7 +104,7 @@ class ApiProcessFigures(Collector):
     def collect(self) -> Iterator[Metric]:
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for pid in self.enrolled():
-            one = ProcessCollector(pid=_the(pid), proc=str(self.proc), registry=None)
+            one = ProcessCollector(pid=_returning(pid), proc=str(self.proc), registry=None)
             for found in one.collect():
                 if found.name not in FAMILIES:
                     continue

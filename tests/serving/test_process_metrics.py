@@ -129,7 +129,9 @@ def test_a_pid_taken_by_a_newer_process_is_not_the_enrolled_one(tmp_path: Path):
     # An enrolment of this pid with another start time: a process that exited, whose pid
     # this one was given.
     (tmp_path / f"{os.getpid()}{ENROLMENT_SUFFIX}").write_text("1")
-    assert ApiProcessFigures(tmp_path).enrolled() == []
+    # And a file no process wrote: the scrape answers all the same.
+    (tmp_path / f"stray{ENROLMENT_SUFFIX}").write_text("1")
+    assert scrape(registry_of(ApiProcessFigures(tmp_path))) == {}
     assert list(tmp_path.iterdir()) == []
 
 
