@@ -21,6 +21,7 @@ from app.core.security import ApiKeys
 from app.dashboard.routes import install_dashboard
 from app.serving.micro_batcher import MicroBatcher
 from app.serving.model_server import ModelServer
+from app.serving.process_metrics import enrol_api_process
 from app.serving.store_writer import StoreWriter
 from app.serving.swap_notices import listen_for_swaps
 from app.serving.telemetry import MetricsMiddleware, metrics_registry
@@ -67,6 +68,7 @@ def create_app(
         app.state.api_keys = ApiKeys.from_settings(settings)
         app.state.store = store
         app.state.metrics_registry = metrics_registry(store)
+        process_figures = enrol_api_process(app.state.metrics_registry)
         app.state.model_server = server
         app.state.micro_batcher = batcher
         app.state.job_queue = queue
@@ -94,6 +96,8 @@ def create_app(
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 # Drop this process's live gauges (what it served) from the shared metrics.
                 multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+            if process_figures is not None:
+                process_figures.leave()
 
     app = FastAPI(
         title="Predictions-for-pre-training labeling service",

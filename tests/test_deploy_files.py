@@ -519,13 +519,28 @@ SAMPLE_SUFFIXES = {
 
 @cache
 def exported_metric_names() -> frozenset[str]:
-    """Every sample name an API process's /metrics can show: the process-wide registry and
-    the store collector, whether or not a labeled series has been observed yet."""
-    from prometheus_client import REGISTRY
+    """Every sample name that /metrics shows however many API processes a replica runs,
+    whether or not a labeled series has been observed yet: the metrics the app declares,
+    the store collector's, and the process figures of the processes.
 
+    prometheus_client's default collectors (process, platform, garbage collection) are
+    left out: with several API processes (multiprocess mode) /metrics reports none of
+    them, and the process figures come from `ApiProcessFigures` instead."""
+    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, REGISTRY
+
+    from app.serving.process_metrics import ApiProcessFigures
     from app.serving.telemetry import StoreCollector
 
-    families = [*REGISTRY.collect(), *StoreCollector.describe(None)]  # type: ignore[arg-type]
+    defaults = {
+        family.name
+        for collector in (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR)
+        for family in collector.collect()
+    }
+    families = [
+        *(family for family in REGISTRY.collect() if family.name not in defaults),
+        *StoreCollector.describe(None),  # type: ignore[arg-type]
+        *ApiProcessFigures.describe(None),  # type: ignore[arg-type]
+    ]
     names = set()
     for family in families:
         names |= {family.name + s for s in SAMPLE_SUFFIXES.get(family.type, ("",))}
@@ -587,6 +602,8 @@ def test_dashboard_queries_only_metrics_the_app_exports():
         "pfp_jobs",
         "pfp_served_form",  # which form each process serves, and with which bounds
         "pfp_inference_batch_bound",
+        "process_cpu_seconds_total",  # per API process, from ApiProcessFigures
+        "process_resident_memory_bytes",
     ):
         assert any(name.startswith(must) for name in used), f"no panel shows {must}"
 
@@ -657,3 +674,16 @@ def test_flower_watches_the_apps_broker():
     for name in sorted(APP_SERVICES):
         assert broker == service_env(name)["REDIS_URL"], f"flower's broker is not {name}'s"
     assert service_command("flower")[:2] == ["celery", "flower"]
+
+
+def test_the_compose_test_stands_in_for_every_official_image_it_starts():
+    # `make test-compose` runs where no image registry answers. It starts every service but
+    # Grafana (Debian does not package it) and Flower.
+    stand_ins = yaml.safe_load((DEPLOY / "stand-ins" / "compose.yml").read_text())["services"]
+    assert set(stand_ins) <= set(services()), "the stand-ins override a service compose lacks"
+    official = {name for name, spec in services().items() if "build" not in spec}
+    for name in sorted(official - {"grafana", "flower"}):
+        image = str((stand_ins.get(name) or {}).get("image", ""))
+        assert image.startswith("pfp-test/"), f"service {name}: no stand-in for {services()[name]}"
+        folder = DEPLOY / "stand-ins" / image.removeprefix("pfp-test/").split(":")[0]
+        assert (folder / "Dockerfile").is_file(), f"service {name}: {image} has no {folder}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import engine
-from tests.deploy.stack import FIGURES, Stack, free_port_pair
+from tests.deploy.stack import FIGURES, PANELS, Stack, free_port_pair
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +39,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("compose figures")
         for name, value in FIGURES.items():
             terminalreporter.write_line(f"{name}: {value}")
+    if PANELS:
+        terminalreporter.section("dashboard panels, asked of Prometheus")
+        for query, answer in PANELS.items():
+            terminalreporter.write_line(f"{query}\n    -> {answer}")

@@ -1,8 +1,9 @@
 """A Docker engine and the images the compose test runs, on a machine with no image registry.
 
 `make test-compose` must pass on a fresh machine of this project's kind, where Docker is
-not installed, no daemon runs, and `python:3.11-slim`, `postgres:16` and `redis:7` cannot
-be pulled. So this module:
+not installed, no daemon runs, and `python:3.11-slim`, `postgres:16`, `redis:7` and
+`prom/prometheus` cannot be pulled (nor Grafana's image, which has no stand-in: Debian
+does not package Grafana). So this module:
 
 - installs Debian's docker.io, docker-compose and debootstrap where they are missing (as
   root; otherwise it says what to install) and starts `dockerd` where none answers;
@@ -36,6 +37,7 @@ DEBIAN_IMAGE = "pfp-test/debian:bookworm"
 PYTHON_IMAGE = "pfp-test/python:3.11"
 POSTGRES_IMAGE = "pfp-test/postgres:15"
 REDIS_IMAGE = "pfp-test/redis:7"
+PROMETHEUS_IMAGE = "pfp-test/prometheus:2.42"
 APP_IMAGE = "pfp-service:compose-test"
 DEBIAN_MIRROR = os.environ.get("PFP_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Where the host keeps extra certificate authorities (a TLS-inspecting egress proxy's):
@@ -171,13 +173,15 @@ def docker_build(tag: str, context: Path, *build_args: str) -> float:
 
 
 def build_stand_ins() -> None:
-    """Stand-ins for python:3.11-slim, postgres:16 and redis:7 (cached by Docker's layers)."""
+    """Stand-ins for python:3.11-slim, postgres:16, redis:7 and prom/prometheus (cached by
+    Docker's layers)."""
     _debian_base()
     _copy_host_certificates()
     for tag, folder in (
         (PYTHON_IMAGE, "python"),
         (POSTGRES_IMAGE, "postgres"),
         (REDIS_IMAGE, "redis"),
+        (PROMETHEUS_IMAGE, "prometheus"),
     ):
         log(f"building {tag}")
         docker_build(tag, STAND_INS / folder)

@@ -28,6 +28,7 @@ STACK_VARIABLES = (
     "COMPOSE_FILE",
     "COMPOSE_PROFILES",
     "PFP_IMAGE",
+    "PROMETHEUS_PORT",
 )
 
 
@@ -55,12 +56,14 @@ class Stack:
 
     api_port: int
     env_file: Path
+    prometheus_port: int = field(default_factory=free_port)
     command: list[str] = field(default_factory=engine.compose_command)
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         env = {k: v for k, v in os.environ.items() if k not in STACK_VARIABLES}
         # Published on loopback only, a port range so that `--scale api=2` can publish both.
         env.update(API_BIND="127.0.0.1", API_PORT=f"{self.api_port}-{self.api_port + 1}")
+        env.update(PROMETHEUS_PORT=str(self.prometheus_port))
         argv = [*self.command, "--project-name", PROJECT, "--env-file", str(self.env_file)]
         for path in COMPOSE_FILES:
             argv += ["-f", str(path)]
@@ -96,6 +99,10 @@ class Stack:
         if not re.fullmatch(r"127\.0\.0\.1:\d+", address):
             raise AssertionError(f"api replica {replica} publishes no port yet: {out.strip()!r}")
         return f"http://{address}"
+
+    def prometheus_url(self) -> str:
+        """Prometheus's published address on 127.0.0.1 (profile "monitoring")."""
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     def exec(self, service: str, *argv: str) -> str:
         return self.compose("exec", "-T", service, *argv)
@@ -163,5 +170,7 @@ class Stack:
         return "\n".join(lines)
 
 
-# Figures the run measured, printed at its end (tests/deploy/conftest.py).
+# Figures the run measured, and what each dashboard panel's query answered, printed at its
+# end (tests/deploy/conftest.py).
 FIGURES: dict[str, object] = {}
+PANELS: dict[str, str] = {}

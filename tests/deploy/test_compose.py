@@ -3,7 +3,8 @@ engine, walked through a deployment's life. The tests run in order on one stack:
 
 up (bootstrap publishes v1, then the API answers) -> health, users, rows in PostgreSQL ->
 a job on the worker, hot-swapped by the API -> `restart api` -> `down` + `up` -> two API
-replicas -> `down -v`.
+replicas -> the monitoring profile's Prometheus scraping them, every dashboard panel's
+query answered -> `down -v`.
 
 The first model is trained in a few steps (BOOTSTRAP_MAX_STEPS in the stand-in override)
 and the job in a few more: the test is about the deployment, not the model's quality.
@@ -11,6 +12,7 @@ and the job in a few more: the test is about the deployment, not the model's qua
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -19,8 +21,9 @@ from datetime import datetime
 import httpx
 import pytest
 
+from tests.deploy import prometheus
 from tests.deploy.engine import run
-from tests.deploy.stack import FIGURES, PROJECT, Stack
+from tests.deploy.stack import FIGURES, PANELS, PROJECT, Stack
 
 pytestmark = pytest.mark.compose
 
@@ -164,11 +167,13 @@ class Labeler(threading.Thread):
 
     One text every 2 s: a worker on the same host pauses training while the API served
     within the last second (app/core/serving_beacon.py), so a steady stream would stretch
-    the job to WORKER_MIN_SHARE of its speed, ten times as long."""
+    the job to WORKER_MIN_SHARE of its speed, ten times as long. With several replicas,
+    the texts go to each in turn."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, replicas: int = 1, every: float = 2.0) -> None:
         super().__init__(daemon=True)
-        self.url = f"{stack.url()}/label"
+        self.urls = [f"{stack.url(replica)}/label" for replica in range(1, replicas + 1)]
+        self.every = every
         self.headers = admin()
         self.answers: list[tuple[int, dict]] = []
         self.stop = threading.Event()
@@ -179,14 +184,13 @@ class Labeler(threading.Thread):
             i = 0
             while not self.stop.is_set() and time.monotonic() < deadline:
                 i += 1
+                url = self.urls[i % len(self.urls)]
                 try:
-                    r = client.post(
-                        self.url, json={"text": f"@united flight {i}"}, headers=self.headers
-                    )
+                    r = client.post(url, json={"text": f"@united flight {i}"}, headers=self.headers)
                     self.answers.append((r.status_code, r.json()))
                 except httpx.HTTPError as exc:
                     self.answers.append((0, {"error": repr(exc)}))
-                self.stop.wait(2.0)
+                self.stop.wait(self.every)
 
 
 @pytest.mark.timeout(900)
@@ -272,6 +276,97 @@ def test_two_api_replicas_serve_the_same_version_and_swap_together(stack: Stack)
     for replica in (1, 2):
         wait_served(stack.url(replica), 1)
         assert label(stack.url(replica), f"@united replica {replica}")["model_version"] == 1
+
+
+def overload(base: str, requests: int = 24) -> list[int]:
+    """Statuses of `requests` batches of the most texts a batch may hold, sent at once to
+    the replica at `base`: more texts than its API processes let wait for the model
+    (INFER_QUEUE_LIMIT each), so some are refused with 429."""
+    texts = [f"@united overload {i}" for i in range(256)]  # MAX_BATCH_TEXTS
+
+    async def send() -> list[int]:
+        limits = httpx.Limits(max_connections=requests)
+        async with httpx.AsyncClient(timeout=300, limits=limits, headers=admin()) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(f"{base}/label/batch", json={"texts": texts})
+                    for _ in range(requests)
+                )
+            )
+        return [answer.status_code for answer in answers]
+
+    return asyncio.run(send())
+
+
+# Grafana is left out: it has no stand-in here (Debian does not package it). What a panel
+# shows is its query's answer, and each query is asked of the real Prometheus as Grafana
+# would ask it, with `$__rate_interval` written out (tests/deploy/prometheus.py).
+@pytest.mark.timeout(900)
+def test_prometheus_scrapes_every_api_process_and_every_panel_has_data(stack: Stack):
+    started = time.monotonic()
+    stack.compose("--profile", "monitoring", "up", "-d", "--no-build", "--no-deps", "prometheus")
+    stack.wait_healthy({"prometheus"}, timeout=120)
+    (container,) = stack.containers("prometheus", running=True)
+    assert all(uid != "0" for uid, _ in _processes(container["Id"])), "prometheus runs as root"
+    base = stack.prometheus_url()
+    replicas = len(stack.containers("api", running=True))
+    assert replicas == 2
+    # Both replicas found by DNS and scraped.
+    deadline = time.monotonic() + 120
+    while len(prometheus.query(base, 'up{job="pfp-api"} == 1')) < replicas:
+        assert time.monotonic() < deadline, prometheus.query(base, "up")
+        time.sleep(2)
+
+    labeler = Labeler(stack, replicas=replicas, every=0.5)
+    labeler.start()
+    # The refusals panel shows 429s and 503s: overload one replica until it refuses.
+    statuses: list[int] = []
+    for _ in range(3):
+        statuses += overload(stack.url(1))
+        if 429 in statuses:
+            break
+    assert 429 in statuses and set(statuses) <= {200, 429}, statuses
+    FIGURES["overload: batches answered 200 / 429"] = (
+        f"{statuses.count(200)} / {statuses.count(429)}"
+    )
+    # Every query returns a series holding a number once a rate's window holds two scrapes
+    # of the labeling, the refusals and the processes.
+    queries = prometheus.panel_queries()
+    empty = queries
+    deadline = time.monotonic() + 240
+    while empty and time.monotonic() < deadline:
+        time.sleep(3)
+        answers = {expr: prometheus.query(base, expr) for _, expr in queries}
+        empty = [
+            (title, expr) for title, expr in queries if not prometheus.with_values(answers[expr])
+        ]
+    FIGURES["monitoring up to every panel answered (s)"] = round(time.monotonic() - started)
+    labeler.stop.set()
+    labeler.join(60)
+    for title, expr in queries:
+        found = prometheus.with_values(answers[expr])
+        PANELS[f"{title}: {expr}"] = (
+            f"{len(found)} series, e.g. {found[0]['metric']} = {found[0]['value'][1]}"
+            if found
+            else f"none ({len(answers[expr])} without a value)"
+        )
+    assert not empty, f"panels without data: {empty}"
+
+    # One CPU and one memory series per API process that serves, of either replica.
+    processes = prometheus.labels(
+        prometheus.query(base, "pfp_served_model_version"), "instance", "pid"
+    )
+    assert len(processes) >= replicas
+    cpu = prometheus.query(base, f"rate(process_cpu_seconds_total[{prometheus.rate_interval()}])")
+    memory = prometheus.query(base, "process_resident_memory_bytes")
+    assert prometheus.labels(cpu, "instance", "pid") == processes, cpu
+    assert prometheus.labels(memory, "instance", "pid") == processes, memory
+    for series in cpu:
+        assert 0 <= float(series["value"][1]) <= 64, series  # cores
+    for series in memory:
+        # A process holding a model: more than an interpreter, less than the machine.
+        assert 50e6 < float(series["value"][1]) < 64e9, series
+    FIGURES["API processes scraped (replicas x processes)"] = len(processes)
 
 
 def test_down_with_volumes_removes_everything(stack: Stack):

@@ -90,6 +90,11 @@ def test_two_api_processes_on_one_port_serve_store_and_swap_each(
             time.sleep(0.3)
         pids = _pids_answering(url)
         assert len(pids) == 2 and {str(p) for p in pids} == set(_served_by_pid(url))
+        # CPU and memory of each process, whichever of them answers the scrape.
+        metrics = httpx.get(f"{url}/metrics", headers=ADMIN).text
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+            found = re.findall(rf'^{name}\{{pid="(\d+)"\}} \S+$', metrics, re.MULTILINE)
+            assert sorted(found) == sorted(str(p) for p in pids), (name, found)
         # A burst of connections spreads over both (one shared socket gave one process 30
         # of a load client's 32): binomial(24, 1/2) has 4 or more each but 1 time in 3,600.
         burst = _pids_of_a_burst(url, 24)
