@@ -35,8 +35,8 @@ test-fast: $(STAMP)
 		-m "not slow and not integration"
 
 # The shipped Dockerfile and docker-compose.yml in a real Docker engine: builds the image,
-# `up`, a label, a job, restart, down + up, two API replicas, `down -v` (about ten minutes;
-# tests/deploy/). Installs and starts the engine where it is missing (as root), and runs on
+# `up`, a label, a job, restart, down + up, two API replicas, the monitoring profile's
+# Prometheus answering every Grafana panel's query, `down -v` (tests/deploy/). Installs and starts the engine where it is missing (as root), and runs on
 # machines without an image registry: the official base images are stood in for by local
 # builds from Debian's packages (deploy/stand-ins/).
 test-compose: $(STAMP)
