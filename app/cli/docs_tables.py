@@ -1,8 +1,9 @@
-"""The README's generated tables: the settings (environment variables) and the job
-parameters, rendered from their pydantic models so the manual cannot drift from the code.
+"""The manual's generated tables: the job parameters (README.md) and the settings
+(docs/configuration.md), rendered from their pydantic models so the manual cannot drift
+from the code.
 
 `python -m app.cli.docs_tables` prints them; `--write-readme` rewrites each one between its
-markers in README.md (`<!-- settings-table:start -->` ... `<!-- settings-table:end -->`).
+markers in its page (`<!-- settings-table:start -->` ... `<!-- settings-table:end -->`).
 """
 
 from __future__ import annotations
@@ -88,11 +89,18 @@ TABLES: dict[str, Callable[[], str]] = {
     "settings-table": lambda: fields_table(Settings, "variable", str.upper),
     "job-params-table": job_params_tables,
 }
+# The page each table lives in, from the checkout's root.
+PAGES: dict[str, list[str]] = {
+    "README.md": ["job-params-table"],
+    "docs/configuration.md": ["settings-table"],
+}
 
 
-def with_generated_tables(markdown: str) -> str:
-    """`markdown` with the text between each table's markers replaced by the table."""
-    for name, render in TABLES.items():
+def with_generated_tables(markdown: str, names: list[str]) -> str:
+    """`markdown` with the text between the markers of each of `names` replaced by the
+    table."""
+    for name in names:
+        render = TABLES[name]
         start_marker, end_marker = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         start, end = markdown.find(start_marker), markdown.find(end_marker)
         if start < 0 or end < start:
@@ -107,18 +115,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--write-readme",
         nargs="?",
-        const="README.md",
-        metavar="PATH",
-        help="replace every generated table in PATH (README.md)",
+        const=".",
+        metavar="ROOT",
+        help="replace every generated table in its page under ROOT (the checkout: README.md "
+        "and docs/configuration.md)",
     )
     args = parser.parse_args(argv)
     if args.write_readme is None:
         for render in TABLES.values():
             print(render())
         return
-    readme = Path(args.write_readme)
-    readme.write_text(with_generated_tables(readme.read_text()))
-    print(f"Wrote {', '.join(TABLES)} into {readme}.")
+    for page, names in PAGES.items():
+        path = Path(args.write_readme) / page
+        path.write_text(with_generated_tables(path.read_text(), names))
+        print(f"Wrote {', '.join(names)} into {path}.")
 
 
 if __name__ == "__main__":
