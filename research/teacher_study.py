@@ -26,19 +26,13 @@ from typing import Any
 import torch
 
 from app.core.config import packaged_base_model
-from app.ml.method import fine_tune_on_gold, in_bf16, student
+from app.ml.method import student
 from app.ml.modeling import Classifier
-from app.ml.training import logits_in_order, scores
-from research.repro import (
-    CONTROL,
-    KD,
-    ReproConfig,
-    Row,
-    SeedRun,
-    choose_length,
-    load_data,
-    paired,
-)
+from app.ml.training import fine_tune, in_bf16, logits_in_order, scores
+from research.protocol import CONTROL, KD, ReproConfig, Row
+from research.seed_run import SeedRun
+from research.splits import choose_length, load_data
+from research.stats import paired
 
 log = logging.getLogger("teacher_study")
 
@@ -58,17 +52,17 @@ def _rows() -> dict[str, StudyRow]:
         StudyRow(Row("control_half_e3", "gold only, 3 layers, 3-pass budget", depth=0.5), 3.0),
         StudyRow(Row("kd_self", "today's method: the MiniLM control teaches", method=KD), 1.0, "self"),
         StudyRow(Row("kd_big", "big teacher, 1 pass, T=1", method=KD)),
-        StudyRow(Row("kd_big_t2", "big teacher, 1 pass, T=2", method=KD | {"temperature": 2.0})),
+        StudyRow(Row("kd_big_t2", "big teacher, 1 pass, T=2", method=KD | {"pretrain.temperature": 2.0})),
         StudyRow(Row("kd_big_e3", "big teacher, 3 passes, T=1", method=KD), 3.0),
         StudyRow(
-            Row("kd_big_e3_t2", "big teacher, 3 passes, T=2", method=KD | {"temperature": 2.0}),
+            Row("kd_big_e3_t2", "big teacher, 3 passes, T=2", method=KD | {"pretrain.temperature": 2.0}),
             3.0,
         ),
         StudyRow(
             Row(
                 "kd_big_e3_lr",
                 "big teacher, 3 passes, pre-training lr 1e-4",
-                method=KD | {"pretrain_learning_rate": 1e-4},
+                method=KD | {"pretrain.learning_rate": 1e-4},
             ),
             3.0,
         ),
@@ -107,21 +101,23 @@ def big_teacher(
     cfg = run.config
     params = cfg.params(
         run.seed,
-        finetune_max_steps=steps,
-        finetune_learning_rate=lr,
-        finetune_eval_every=20,
-        finetune_patience=4,
+        **{
+            "finetune.max_steps": steps,
+            "finetune.learning_rate": lr,
+            "finetune.eval_every": 20,
+            "finetune.patience": 4,
+        },
     )
     started = time.monotonic()
     model, tokenizer = student(teacher_path, run.data.labels, params)
-    history = fine_tune_on_gold(
+    history = fine_tune(
         model, tokenizer, *run.gold, params, run.stage("big teacher: gold"), run.dev
     )
     finetune_seconds = time.monotonic() - started
     classifier = Classifier(model, tokenizer, run.data.labels, cfg.max_length, cfg.truncation or "head")
     started = time.monotonic()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=in_bf16(params)):
-        logits = logits_in_order(classifier, texts, run.stage("big teacher labels"), batch_size=64)
+        logits = logits_in_order(classifier, texts, run.stage("big teacher labels"))
     relabel_seconds = time.monotonic() - started
     n_pool, n_dev = len(run.pool), len(run.dev[0])
     labels = run.data.labels
@@ -164,7 +160,14 @@ def run_seed(
 
     def stage(label: str) -> Any:
         log.info("%s", label)
-        return lambda _f, _l: None
+        marks = [0.0]
+
+        def progress(fraction: float, loss: float) -> None:
+            if fraction >= marks[0] + 0.1 or fraction >= 1.0 > marks[0]:
+                marks[0] = fraction
+                log.info("  %s: %.0f%% (loss %.4f)", label, 100 * fraction, loss)
+
+        return progress
 
     base = packaged_base_model()
     run = SeedRun(config, data, base, seed, size, stage)
