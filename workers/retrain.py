@@ -37,6 +37,7 @@ from app.registry import publish, version_dir
 from app.store import jobs
 from app.store.database import Store
 from app.store.tables import utcnow
+from workers import teacher
 from workers.pipeline import (
     Champion,
     Evaluation,
@@ -48,7 +49,6 @@ from workers.pipeline import (
     gather_pool,
     load_gold,
 )
-from workers import teacher
 from workers.progress import JobCancelled, JobReporter
 
 log = logging.getLogger(__name__)

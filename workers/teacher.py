@@ -19,15 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from app.core.config import Settings
 from app.ml.job_params import JobParams
 from app.ml.method import student
-from app.ml.modeling import Classifier, load_classifier, save_classifier
-from app.ml.training import cpu_has_fast_bf16, fine_tune, logits_in_order
+from app.ml.modeling import Classifier, save_classifier
+from app.ml.training import fine_tune
 from app.registry import version_dir, write_version
 from app.registry.teacher_encoder import TeacherEncoderMissing, require
+from app.serving.form_choice import ServedModel
+from app.serving.scoring import score
+from app.serving.version_loader import VersionLoader
 from app.store import gold, teacher_scores, versions
 from app.store.database import Store
 from app.store.tables import ModelVersion
@@ -191,11 +192,11 @@ def relabel(
     to_score = list(seen_missing.values())
     form = "none needed"
     if to_score:
-        classifier, form = _teacher_classifier(version, settings)
+        scorer = _teacher_scorer(version, settings, [pool.texts[i] for i in to_score[:256]])
+        form = f"{scorer.form.value} at up to {scorer.bounds.max_texts} texts a pass"
         for start in range(0, len(to_score), SAVE_EVERY):
             chunk = to_score[start : start + SAVE_EVERY]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=form == "torch bf16"):
-                rows = logits_in_order(classifier, [pool.texts[i] for i in chunk])
+            rows = [s.logits for s in score(scorer, [pool.texts[i] for i in chunk])]
             scored = {digests[i]: row for i, row in zip(chunk, rows, strict=True)}
             with store.session() as session:
                 teacher_scores.save(session, version, scored)
@@ -215,14 +216,14 @@ def relabel(
     return replace(pool, logits=[known[d] for d in digests], summary=summary)
 
 
-def _teacher_classifier(version: int, settings: Settings) -> tuple[Classifier, str]:
-    """Teacher `version` ready to score texts, and the form it scores in: bf16 where the
-    CPU computes it natively (scores for training need no int8 export), else fp32."""
-    folder = version_dir(settings, version)
-    if not folder.is_dir():
+def _teacher_scorer(version: int, settings: Settings, sample: list[str]) -> ServedModel:
+    """Teacher `version` in the form it scores fastest on this worker, as an API process
+    would choose it (the quality-gated int8 and bf16 forms built when it was recorded,
+    measured here at their own micro-batch bounds), as one process on every core."""
+    if not version_dir(settings, version).is_dir():
         raise JobError(f"teacher version v{version} has no folder under {settings.models_path}")
-    classifier = load_classifier(folder, settings.max_length)
-    return classifier, "torch bf16" if cpu_has_fast_bf16() else "torch fp32"
+    worker = settings.model_copy(update={"api_processes": 1, "torch_threads": 0})
+    return VersionLoader(worker, lambda: sample)(version)
 
 
 def describe(choice: TeacherChoice, version: int | None) -> dict[str, Any]:

@@ -105,9 +105,10 @@ def planned_decisive(null_share: float, true_share: float, alpha: float, target:
     # The normal approximation gives the neighbourhood; the exact power is checked from a
     # little below it, since a discrete test's power is not monotone in n.
     z_a, z_b = _z(1 - alpha), _z(target)
-    spread = math.sqrt(null_share * (1 - null_share)) * z_a + math.sqrt(
-        true_share * (1 - true_share)
-    ) * z_b
+    spread = (
+        math.sqrt(null_share * (1 - null_share)) * z_a
+        + math.sqrt(true_share * (1 - true_share)) * z_b
+    )
     guess = max(1, int((spread / (true_share - null_share)) ** 2 * 0.8))
     for n in range(guess, MAX_PLANNED):
         if power(n, null_share, true_share, alpha) >= target:
@@ -210,10 +211,28 @@ def judge(
     )
     if p_value <= alpha:
         return GateVerdict(
-            "publish", counts, d, null_share, planned_share, planned, achieved, p_value, 0,
-            gain, f"{where}: shown better than the margin {margin:+.1%}",
+            "publish",
+            counts,
+            d,
+            null_share,
+            planned_share,
+            planned,
+            achieved,
+            p_value,
+            0,
+            gain,
+            f"{where}: shown better than the margin {margin:+.1%}",
         )
     return GateVerdict(
-        "reject", counts, d, null_share, planned_share, planned, achieved, p_value, 0,
-        gain, f"{where}: not shown better than the margin {margin:+.1%}",
+        "reject",
+        counts,
+        d,
+        null_share,
+        planned_share,
+        planned,
+        achieved,
+        p_value,
+        0,
+        gain,
+        f"{where}: not shown better than the margin {margin:+.1%}",
     )

@@ -302,9 +302,7 @@ class JobParams(BaseModel):
     promotion: PromotionParams = Field(
         default_factory=PromotionParams, description=PromotionParams.__doc__
     )
-    teacher: TeacherParams = Field(
-        default_factory=TeacherParams, description=TeacherParams.__doc__
-    )
+    teacher: TeacherParams = Field(default_factory=TeacherParams, description=TeacherParams.__doc__)
 
     @model_validator(mode="before")
     @classmethod

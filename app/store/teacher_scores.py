@@ -46,9 +46,9 @@ def count(session: Session, version: int) -> int:
     """How many texts teacher `version` has scored."""
     return int(
         session.scalar(
-            select(func.count()).select_from(TeacherScore).where(
-                TeacherScore.teacher_version == version
-            )
+            select(func.count())
+            .select_from(TeacherScore)
+            .where(TeacherScore.teacher_version == version)
         )
         or 0
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query

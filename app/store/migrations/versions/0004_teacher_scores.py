@@ -1,7 +1,7 @@
 """A stronger teacher's scores of stored texts (app/store/teacher_scores.py).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-06 22:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"  # FIXME: 0003 once the review queues land
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
