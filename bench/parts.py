@@ -8,7 +8,8 @@ returns what it measured:
 4. swap: a model published while two API processes serve;
 5. while_training: serving while a training job runs on the same machine;
 6. training: our joint step against a naive one on the same batches;
-7. tuning: self-tuned micro-batch bounds against fixed ones, and each API layout.
+7. tuning: self-tuned micro-batch bounds against fixed ones, and each API layout;
+8. teacher: the stronger teacher's forms at the machine's ceiling (bench/teacher.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench.forms import log
 from bench.layouts import batch1_alone, layouts, measure_layouts
 from bench.load import LoadResult, run_load
 from bench.service import HEADERS, ROOT, free_port, publish_copy
+from bench.teacher import teacher
 from bench.training import measure_training
 
 # The names part 1 gives the forms an API process serves (`served_form`).
@@ -366,4 +368,5 @@ PARTS: dict[int, tuple[str, Callable[[Bench], Any]]] = {
     5: ("while_training", while_training),
     6: ("training", training),
     7: ("tuning", tuning),
+    8: ("teacher", teacher),
 }

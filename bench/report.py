@@ -122,9 +122,41 @@ def render(r: dict[str, Any]) -> str:
         *_cpu_split(r),
         *_tuning_table(r),
         *_swap_and_training(r),
+        *_teacher_table(r),
         *_goals_table(r),
     ]
     return "\n".join(_main_table(r) + extra)
+
+
+def _teacher_table(r: dict[str, Any]) -> list[str]:
+    """Part 8: the teacher served as the model, beside the model the service serves."""
+    t = r.get("teacher")
+    if not t:
+        return []
+    if "unavailable" in t:
+        return ["", f"Teacher (part 8): {t['unavailable']}."]
+    lines = [
+        "",
+        f"Teacher served as the model (part 8): `{t['encoder']}`, {t['layers']} layers",
+        "",
+        "| model | form | processes x threads | batch | texts/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for form, best in t["forms"].items():
+        lines.append(
+            f"| teacher | {form} | {best['processes']} x {best['threads']} | {best['batch']} "
+            f"| {best['texts_per_s']} |"
+        )
+    served = (r.get("ceiling") or {}).get("best_layout")
+    if served:
+        name = r["ceiling"].get("served", "served form")
+        lines.append(
+            f"| served model | {name} | {served['processes']} x {served['threads']} "
+            f"| {served['batch']} | {served['texts_per_s']} |"
+        )
+        ratio = served["texts_per_s"] / max(1e-9, t["fastest_texts_per_s"])
+        lines += ["", f"The served model runs {ratio:.1f}x the teacher's fastest form here."]
+    return lines
 
 
 def _main_table(r: dict[str, Any]) -> list[str]:

@@ -154,9 +154,9 @@ class SeedRun:
     def teacher_logits(self, pool: Rows) -> list[list[float]]:
         """The teacher's logits for each text of `pool` (computed once per text), under
         the training precision: bf16 on these CPUs, as fast as a served batch."""
-        assert self.teacher is not None, "the control (the teacher) runs first"
         missing = [t for t, _ in pool if t not in self.logits]
         if missing:
+            assert self.teacher is not None, "the control (the teacher) runs first"
             self.stage("teacher labels the pool")(0.0, 0.0)
             bf16 = in_bf16(self.base_params)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from app.core.config import Settings  # noqa: E402
 from app.store.database import Store  # noqa: E402
-from bench.tiny import build_tiny_bert  # noqa: E402
+from bench.tiny import build_tiny_bert, build_tiny_mpnet  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -58,6 +58,13 @@ def synthetic_texts(n: int, seed: int) -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stronger teacher's encoder for tests: another architecture (MPNet) and shape than
+    the student's."""
+    return build_tiny_mpnet(tmp_path_factory.mktemp("tiny-mpnet"))
 
 
 def write_gold_file(path: Path, n: int = 300, seed: int = 1) -> Path:

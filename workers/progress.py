@@ -27,16 +27,22 @@ class JobReporter:
     ) -> None:
         # Called after every step: where training pauses for busy serving (TrainingYield).
         self.between_steps = between_steps
-        total = sum(weight for _, weight in stages)
         self.store = store
         self.job_id = job_id
         self.offsets: dict[str, tuple[float, float]] = {}
+        self.plan(stages)
+        self.stage = stages[0][0]
+        self._last_write = 0.0
+
+    def plan(self, stages: Sequence[tuple[str, float]]) -> None:
+        """Share the bar among `stages` (name, weight): a job that learns what it has to do
+        only once it has started (a teacher to fine-tune, say) plans again then; the bar
+        restarts from where the stage it is in begins."""
+        total = sum(weight for _, weight in stages)
         start = 0.0
         for name, weight in stages:
             self.offsets[name] = (start, weight / total)
             start += weight / total
-        self.stage = stages[0][0]
-        self._last_write = 0.0
 
     def enter(self, stage: str) -> None:
         self.stage = stage

@@ -4,11 +4,14 @@ Its stages are those of `workers/pipeline.py`:
 1. gather the pool: the newest stored pseudo-labels that the job's step budget covers
    (app/ml/pool.py), of models with the serving label set, one per text, never a text of
    the gold dev or test split, read from the store a page at a time;
-2. pre-train on the pool (the task loss on the serving model's predictions, plus the
+2. choose the teacher (workers/teacher.py): a stronger teacher version where one is
+   installed (fine-tuned first if there is none yet), which scores the pool itself, else
+   the serving model's stored predictions;
+3. pre-train on the pool (the task loss on the teacher's predictions, plus the
    masked-LM loss if asked) from the base encoder or the active model -> model C;
-3. fine-tune C on the gold train split -> the candidate (model D);
-4. evaluate candidate and champion on gold dev and test;
-5. the promotion gate (app/ml/promotion.py), then publish (app.registry): the candidate
+4. fine-tune C on the gold train split -> the candidate (model D);
+5. evaluate candidate and champion on gold dev and test;
+6. the promotion gate (app/ml/promotion.py), then publish (app.registry): the candidate
    serves if a paired bootstrap on dev shows it better than the champion (or, under the
    faster_no_worse rule, faster and no worse than the tolerance).
 """
@@ -34,6 +37,7 @@ from app.registry import publish, version_dir
 from app.store import jobs
 from app.store.database import Store
 from app.store.tables import utcnow
+from workers import teacher
 from workers.pipeline import (
     Champion,
     Evaluation,
@@ -55,6 +59,25 @@ STAGES = [
     ("finetuning", 0.35),
     ("evaluating", 0.15),
     ("publishing", 0.03),
+]
+# Where a stronger teacher must first be fine-tuned and then score the pool: that takes a
+# bigger encoder several times a student's work per text.
+TEACHER_STAGES = [
+    ("preparing", 0.01),
+    ("teacher", 0.35),
+    ("relabeling", 0.15),
+    ("pretraining", 0.24),
+    ("finetuning", 0.17),
+    ("evaluating", 0.07),
+    ("publishing", 0.01),
+]
+RELABEL_STAGES = [
+    ("preparing", 0.02),
+    ("relabeling", 0.15),
+    ("pretraining", 0.38),
+    ("finetuning", 0.30),
+    ("evaluating", 0.13),
+    ("publishing", 0.02),
 ]
 
 
@@ -149,6 +172,21 @@ def _retrain(
         pool.summary["seconds"],
     )
     data.check_trainable(champion.labels)
+    choice = teacher.choose(params, settings, store, champion, data)
+    teacher_version = choice.version
+    if choice.encoder is not None:
+        report.plan(TEACHER_STAGES)
+        report.enter("teacher")
+        teacher_version = teacher.train_teacher(
+            job_id, params, choice.encoder, settings, store, champion, data, report
+        )
+    elif teacher_version is not None:
+        report.plan(RELABEL_STAGES)
+    if teacher_version is not None:
+        report.enter("relabeling")
+        pool = teacher.relabel(pool, teacher_version, settings, store, report)
+    taught_by = teacher.describe(choice, teacher_version)
+    log.info("job %s: taught by %s", job_id, choice.reason)
     start = (
         settings.base_model_path
         if params.pretrain.start_from == "base"
@@ -179,6 +217,8 @@ def _retrain(
         f"{metrics['candidate']['dev']['macro_f1']:.4f} vs "
         f"{metrics['champion']['dev']['macro_f1']:.4f}; {decision.reason}"
     )
+    if teacher_version is not None:
+        reason = f"taught by teacher v{teacher_version}; {reason}"
     published = publish(
         settings,
         store,
@@ -189,7 +229,7 @@ def _retrain(
         reason=f"published by job {job_id}",
         job_id=job_id,
         metrics=metrics["candidate"],
-        lineage=_lineage(job_id, params, start, champion, pool, data, metrics),
+        lineage=_lineage(job_id, params, start, champion, pool, data, metrics, taught_by),
     )
     if published.conflict:
         reason = f"{reason}; not published: {published.conflict}"
@@ -267,10 +307,12 @@ def _lineage(
     pool: Pool,
     data: Gold,
     metrics: dict[str, Any],
+    taught_by: dict[str, Any],
 ) -> dict[str, Any]:
     """Where the candidate came from, for its model card and `GET /models`."""
     return {
         "kind": "retrain",
+        "taught_by": taught_by,
         "job_id": job_id,
         "start_from": params.pretrain.start_from,
         "start_path": str(start),

@@ -164,6 +164,16 @@ class ModelView(BaseModel):
         description="How the promotion gate compared this candidate with its champion: rule, "
         "dev gain and its lower confidence bound, relative compute, test answers changed.",
     )
+    role: Literal["served", "teacher"] = Field(
+        "served",
+        description="served: a model jobs publish (or reject) to serve; teacher: a stronger "
+        "model that teaches the students of later jobs and that no job publishes (an "
+        "operator may still activate it).",
+    )
+    taught_by: dict[str, Any] | None = Field(
+        None,
+        description="Who taught this candidate: the serving model or a teacher version, and why.",
+    )
     error: str | None
     created_at: UtcDatetime
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.cli import common, data, jobs, models, retention, review
+from app.cli import common, data, jobs, models, retention, review, teacher
 from app.cli.client import ClientError
 from app.core.config import Settings, get_settings
 from app.core.logs import quiet_third_party_chatter
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_bootstrap
     )
     connection = common.connection_options()
-    for commands in (data, jobs, models, retention, review):
+    for commands in (data, jobs, models, retention, review, teacher):
         commands.add_commands(sub, connection)
     return parser
 

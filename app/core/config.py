@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="Hugging Face encoder or classifier folder to start from; empty: the packaged "
         "all-MiniLM-L6-v2.",
     )
+    teacher_model: str = Field(
+        "",
+        description="Hugging Face encoder folder a stronger teacher is fine-tuned from; empty: "
+        "all-mpnet-base-v2 where `make teacher` installed it (DATA_DIR/encoders), else no "
+        "stronger teacher and jobs learn from the serving model.",
+    )
     bootstrap_gold: str = Field(
         "demo",
         description="Gold data imported on first start: `demo` (airline tweets) or a CSV/JSONL "
@@ -208,6 +214,13 @@ class Settings(BaseSettings):
     @property
     def base_model_path(self) -> Path:
         return Path(self.base_model) if self.base_model else packaged_base_model()
+
+    @property
+    def teacher_model_path(self) -> Path:
+        """Where the stronger teacher's encoder is (or would be, once installed)."""
+        if self.teacher_model:
+            return Path(self.teacher_model)
+        return self.data_dir / "encoders" / "all-mpnet-base-v2"
 
     @property
     def embedded(self) -> bool:

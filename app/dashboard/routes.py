@@ -77,13 +77,19 @@ def active_fragment(request: Request, store: StoreDep, server: ServerDep) -> HTM
 
 @router.get("/dashboard/fragments/versions", response_class=HTMLResponse, dependencies=READER)
 def versions_fragment(request: Request, store: StoreDep) -> HTMLResponse:
-    """Every version with lineage, metrics and decision, and the activate buttons."""
+    """Every served version with lineage, metrics, decision and who taught it, then the
+    teacher versions, each with an activate button."""
     with store.session() as session:
         active = versions.active_version(session)
         rows = [ModelView.model_validate(row) for row in versions.list_versions(session)]
     for row in rows:
         row.active = row.version == active
-    return _render(request, "versions.html", versions=rows)
+        row.role = "teacher" if row.decision == versions.TEACHER else "served"
+        row.taught_by = row.lineage.get("taught_by")
+    # Teachers apart: they teach the served versions, and no job serves them.
+    teachers = [row for row in rows if row.role == "teacher"]
+    served = [row for row in rows if row.role == "served"]
+    return _render(request, "versions.html", versions=served, teachers=teachers)
 
 
 def _loss_charts(history: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -5,7 +5,7 @@ promotion gate (app/ml/promotion.py) read these objects themselves, so there is 
 set of defaults to keep in step.
 
 They come in sections, one per stage of a job (`pool`, `pretrain`, `finetune`,
-`promotion`), beside the ones both training stages share (`batch_size`, `max_length`,
+`promotion`, `teacher`), beside the ones both training stages share (`batch_size`, `max_length`,
 `truncation`, `seed`, `precision`, `student_layers`). A body may name a parameter nested
 (`{"pretrain": {"epochs": 2}}`), dotted (`{"pretrain.epochs": 2}`) or by its flat name
 (`{"pretrain_epochs": 2}`): the flat names are those of the bodies written before the
@@ -220,6 +220,46 @@ class PromotionParams(Section):
     )
 
 
+class TeacherParams(Section):
+    """Who teaches the student: the serving model (the predictions stored with each text)
+    or a stronger teacher, a bigger encoder fine-tuned once on gold that scores the pool
+    itself (workers/teacher.py)."""
+
+    flat_prefix: ClassVar[str] = "teacher_"
+
+    source: Literal["auto", "serving", "stronger"] = Field(
+        "auto",
+        description="auto: a stronger teacher where one is installed (a teacher version, or "
+        "the TEACHER_MODEL encoder to fine-tune one from), else the serving model; serving: "
+        "the serving model's stored predictions; stronger: a stronger teacher, or the job "
+        "fails saying what is missing.",
+    )
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="The teacher version to learn from (default: the newest with the serving "
+        "label set; where there is none, the job fine-tunes one first).",
+    )
+    steps: int = Field(
+        160,
+        ge=1,
+        description="Fine-tuning steps of a new teacher on gold train, keeping its best dev "
+        "checkpoint (finetune.eval_every, finetune.patience).",
+    )
+    learning_rate: float = Field(
+        5e-5,
+        gt=0.0,
+        le=1.0,
+        description="AdamW learning rate of a new teacher's fine-tuning.",
+    )
+    refresh_growth: float = Field(
+        0.2,
+        ge=0.0,
+        description="Fine-tune a new teacher once gold train has grown by this share since "
+        "the newest one was trained (0: keep the newest).",
+    )
+
+
 class JobParams(BaseModel):
     """A job's parameters: the shared ones, then one section per stage."""
 
@@ -262,6 +302,7 @@ class JobParams(BaseModel):
     promotion: PromotionParams = Field(
         default_factory=PromotionParams, description=PromotionParams.__doc__
     )
+    teacher: TeacherParams = Field(default_factory=TeacherParams, description=TeacherParams.__doc__)
 
     @model_validator(mode="before")
     @classmethod

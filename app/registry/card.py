@@ -57,6 +57,34 @@ def _pool_rows(pool: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
+def _teacher_rows(lineage: dict[str, Any]) -> list[tuple[str, str]]:
+    """Who taught a candidate (workers/teacher.py), or how a teacher was made."""
+    if lineage.get("kind") == "teacher":
+        selection = lineage.get("selection") or {}
+        return [
+            ("teacher of", "students of later jobs (`teacher.version`, or the newest)"),
+            (
+                "fine-tuned",
+                f"{lineage.get('gold_train')} gold train texts, best dev checkpoint at step "
+                f"{selection.get('best_step', '?')}, in {lineage.get('finetune_seconds')} s",
+            ),
+        ]
+    taught = lineage.get("taught_by")
+    if not isinstance(taught, dict):
+        return []
+    pool = lineage.get("pool") or {}
+    scored = pool.get("teacher") if isinstance(pool, dict) else None
+    shown = str(taught.get("reason", ""))
+    if taught.get("version") is not None:
+        shown = f"teacher v{taught['version']}, {shown}"
+    if isinstance(scored, dict):
+        shown += (
+            f"; it scored {scored.get('scored_now')} pool texts now ({scored.get('form')}) "
+            f"and {scored.get('from_cache')} from its kept scores"
+        )
+    return [("taught by", shown)]
+
+
 def form_rows(forms: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The serving forms built with the version, with their dev macro-F1
     (app/ml/serving_forms.py)."""
@@ -107,11 +135,15 @@ def model_card(
     the Hub and `huggingface_hub.ModelCard` read it) with what an operator needs to know
     about the model without the service: where it came from, how good it is, how to load it."""
     made_by = f"retraining job `{job_id}`" if job_id else "bootstrap (the first fine-tuning)"
-    how = (
-        "A text classifier made by pfp-service: trained on the service's own predictions "
-        "(the serving model's logits on user text), then fine-tuned on gold labels."
-        if lineage.get("kind") == "retrain"
-        else "A text classifier made by pfp-service: the base encoder fine-tuned on gold labels."
+    how = {
+        "retrain": "A text classifier made by pfp-service: trained on the service's own "
+        "predictions (a teacher's logits on user text), then fine-tuned on gold labels.",
+        "teacher": "A teacher made by pfp-service: a stronger encoder fine-tuned on gold "
+        "labels, which scores user text for the students that jobs train. A job never "
+        "publishes it; an operator may serve it (`POST /models/{version}/activate`).",
+    }.get(
+        str(lineage.get("kind")),
+        "A text classifier made by pfp-service: the base encoder fine-tuned on gold labels.",
     )
     parent = f"v{parent_version}" if parent_version is not None else "none (the first model)"
     rows = [
@@ -123,6 +155,7 @@ def model_card(
         ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
         ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
         ("encoder layers", str(lineage.get("layers", "as the base model"))),
+        *_teacher_rows(lineage),
         *_pool_rows(lineage.get("pool")),
         *_promotion_rows(lineage.get("comparison")),
         *form_rows(forms),

@@ -210,3 +210,16 @@ class ReviewItem(Base):
     annotator: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TeacherScore(Base):
+    """A stronger teacher's logits for one text, kept so that the next job that learns from
+    that teacher pays only for texts it has not scored yet."""
+
+    __tablename__ = "teacher_scores"
+
+    teacher_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The text's digest (gold.text_digest): the text itself stays in pseudo_labels.
+    text_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # In the teacher's label order, which is the serving label set it was trained for.
+    logits: Mapped[list[Any]] = mapped_column(JSON)

@@ -9,6 +9,10 @@ from sqlalchemy.orm import Session
 
 from app.store.tables import Activation, ModelVersion
 
+# The `decision` of a teacher version (workers/teacher.py): a stronger model made to teach
+# later students, recorded like any version but never published by a job.
+TEACHER = "teacher"
+
 
 def active_version(session: Session) -> int | None:
     """The version of the newest activation, or None before the first model."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ADMIN, READER, ServerDep, SettingsDep, StoreDep
@@ -25,15 +26,24 @@ def _view(row: ModelVersion, active: int | None) -> ModelView:
     lineage = row.lineage or {}
     view.layers = lineage.get("layers")
     view.promotion = lineage.get("comparison")
+    view.role = "teacher" if row.decision == versions.TEACHER else "served"
+    view.taught_by = lineage.get("taught_by")
     return view
 
 
 @router.get("/models", response_model=list[ModelView], dependencies=READER)
-def list_models(store: StoreDep) -> list[ModelView]:
-    """Every version, newest first, with metrics, lineage and whether it is active."""
+def list_models(
+    store: StoreDep,
+    role: Annotated[
+        Literal["served", "teacher"] | None,
+        Query(description="Only the versions of this role (default: every one)."),
+    ] = None,
+) -> list[ModelView]:
+    """Every version, newest first, with metrics, lineage, its role and whether it is active."""
     with store.session() as session:
         active = versions.active_version(session)
-        return [_view(row, active) for row in versions.list_versions(session)]
+        views = [_view(row, active) for row in versions.list_versions(session)]
+    return [v for v in views if role is None or v.role == role]
 
 
 @router.get("/models/active", response_model=ActiveModelView, dependencies=READER)
