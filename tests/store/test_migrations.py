@@ -295,3 +295,30 @@ def test_processes_starting_together_on_an_empty_database_all_succeed(
     with raw_engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Base.metadata.tables["jobs"])) == 0
     assert schema_drift(raw_engine) == []
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
+def test_upgrading_says_it_once_and_alembics_own_lines_only_at_debug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], level: str, shown: bool
+) -> None:
+    """A new user's first screen: the service's one line about the schema, not Alembic's
+    dialect defaults and revisions (still there with LOG_LEVEL=debug)."""
+    import logging
+
+    from app.core import logs
+    from app.core.config import Settings
+
+    root = logging.getLogger()
+    before = root.level
+    logs.configure_logging(Settings(data_dir=tmp_path, log_level=level))
+    try:
+        capsys.readouterr()
+        open_store(f"sqlite:///{tmp_path / 'store.db'}")
+        err = capsys.readouterr().err
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, logs.ServiceLogHandler)]:
+            root.removeHandler(handler)
+        root.setLevel(before)
+    assert "Upgrading the store's schema from empty to" in err
+    alembic_lines = [line for line in err.splitlines() if "Context impl" in line]
+    assert bool(alembic_lines) == shown, err[-2000:]

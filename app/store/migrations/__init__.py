@@ -82,7 +82,22 @@ def upgrade_to_head(engine: Engine) -> None:
             command.stamp(config, BASELINE)
         if current_revisions(conn) != (head,):
             log.info("Upgrading the store's schema from %s to %s", current or "empty", head)
-            command.upgrade(config, "head")
+            with _alembic_quiet_unless_debug():
+                command.upgrade(config, "head")
+
+
+@contextmanager
+def _alembic_quiet_unless_debug() -> Iterator[None]:
+    """Alembic's own INFO lines (its dialect's defaults, each revision it runs) say again
+    what the line above says: shown only where the service logs at DEBUG."""
+    runtime = logging.getLogger("alembic.runtime.migration")
+    level = runtime.level
+    if not log.isEnabledFor(logging.DEBUG):
+        runtime.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        runtime.setLevel(level)
 
 
 def _refuse_unknown(engine: Engine, script: ScriptDirectory, current: tuple[str, ...]) -> None:
