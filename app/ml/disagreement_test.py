@@ -78,8 +78,8 @@ def _tails(n: int, p: float) -> np.ndarray:
         log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
         log_comb = log_factorial[n] - log_factorial[k] - log_factorial[n - k]
         pmf = np.exp(log_comb + k * math.log(p) + (n - k) * math.log1p(-p))
-    tails = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])
-    return np.minimum(tails, 1.0)
+    tails: np.ndarray = np.minimum(np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]]), 1.0)
+    return tails
 
 
 def upper_tail(k: int, n: int, p: float) -> float:
