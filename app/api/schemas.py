@@ -88,8 +88,11 @@ class GoldExampleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
     label: str = Field(min_length=1, max_length=200)
-    split: Literal["train", "dev", "test"] | None = Field(
-        None, description="Omitted: a stable split from the text's hash (80/10/10)."
+    split: Literal["train", "dev", "test", "gate"] | None = Field(
+        None,
+        description="Omitted: a stable split from the text's hash (70/10/10/10 "
+        "train/dev/gate/test). `gate` judges candidates only: nothing trains or picks a "
+        "checkpoint on it.",
     )
 
     _check = field_validator("text")(_not_blank)
@@ -112,10 +115,74 @@ class JobAccepted(BaseModel):
     status: str
 
 
+class JobReview(BaseModel):
+    """What the promotion gate judged a job's candidate on, and where it stands: its
+    verdict so far, the labels it has and needs, its power, its looks and its deadline."""
+
+    verdict: Literal["pending", "publish", "reject"] | None = Field(
+        description="pending: the candidate waits for reviews; null: nothing to judge on."
+    )
+    reason: str = Field(description="The verdict so far, in words.")
+    needs: int = Field(description="More reviews the planned count needs (0: none).")
+    open: int = Field(description="The job's disagreements waiting for a label now.")
+    labeled: int
+    skipped: int
+    queued: int = Field(description="Disagreements of recent traffic queued for review.")
+    gate_texts: int = Field(description="Gold gate-split texts both models labeled.")
+    traffic_texts: int = Field(description="Recent stored texts both models labeled.")
+    disagreement_rate: float = Field(description="Over the gate and traffic texts together.")
+    tally: dict[str, int] = Field(description="Wins, losses and ties of the candidate so far.")
+    decisive: int
+    planned_decisive: int = Field(description="Decisive labels the last look is planned at.")
+    power: float = Field(description="At the planned gain, with the labels it is run on.")
+    looks_used: int
+    looks: int
+    next_look_at: int | None = Field(description="Decisive labels at which the next look comes.")
+    deadline: UtcDatetime | None = Field(description="When a waiting candidate is decided.")
+
+    @classmethod
+    def of(cls, comparison: dict[str, Any], queue: dict[str, int]) -> JobReview | None:
+        """From a job's stored comparison (workers/gate.py `gate_record`) and its queue's
+        counts now; None for a job the gate never saw (or one from before it)."""
+        judged = comparison.get("judged")
+        if not isinstance(judged, dict):
+            return None
+        verdict = comparison.get("verdict") or {}
+        tally = verdict.get("tally") or judged.get("gate_tally") or {}
+        deadline = comparison.get("deadline")
+        return cls(
+            verdict=verdict.get("verdict"),
+            reason=str(comparison.get("reason", "")),
+            needs=int(verdict.get("reviews_needed", 0))
+            if verdict.get("verdict") == "pending"
+            else 0,
+            open=queue.get("open", 0),
+            labeled=queue.get("labeled", 0),
+            skipped=queue.get("skipped", 0),
+            queued=int(judged.get("queued", 0)),
+            gate_texts=int(judged.get("gate_texts", 0)),
+            traffic_texts=int(judged.get("traffic_texts", 0)),
+            disagreement_rate=float(verdict.get("disagreement_rate", 0.0)),
+            tally={k: int(tally.get(k, 0)) for k in ("wins", "losses", "ties")},
+            decisive=int(tally.get("wins", 0)) + int(tally.get("losses", 0)),
+            planned_decisive=int(verdict.get("planned_decisive", 0)),
+            power=float(verdict.get("power", 0.0)),
+            looks_used=int(verdict.get("looks_used", 0)),
+            looks=int(comparison.get("looks", verdict.get("looks", 1))),
+            next_look_at=verdict.get("next_look_at")
+            if verdict.get("verdict") == "pending"
+            else None,
+            deadline=datetime.fromisoformat(deadline) if deadline else None,
+        )
+
+
 class JobView(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
-    status: str
+    status: str = Field(
+        description="queued, running, pending_review (trained; its candidate waits for "
+        "reviews), succeeded, failed or cancelled."
+    )
     stage: str
     progress: float
     trigger: str
@@ -133,6 +200,11 @@ class JobView(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    review: JobReview | None = Field(
+        None,
+        description="The promotion gate: what judged the candidate, the review queue's "
+        "counts, the tally, the verdict so far and its reason, power, looks and deadline.",
+    )
 
     @field_validator("params", mode="before")
     @classmethod
