@@ -387,3 +387,71 @@ def test_beat_starts_no_job_while_one_waits_for_reviews(waiting: Waiting):
     gate.judge_pending(w.settings, w.store, now=datetime.now().astimezone() + timedelta(days=9))
     assert job_row(w.store, w.job_id).status == "succeeded"
     assert submit_if_due(due, w.store) is not None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_judging_one_job_at_once_decide_it_once(
+    settings: Settings, backend: str, request: pytest.FixtureRequest
+):
+    """Beat's task and the label route's, delivered at the same moment (or one task twice):
+    the job's row lock lets one decide; the others find it decided."""
+    import threading
+
+    from app.ml.disagreement_test import Tally
+    from app.ml.job_params import PromotionParams
+    from app.ml.promotion import gate_terms
+    from app.registry import PENDING, activate_if_champion
+
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        settings = settings.model_copy(update={"database_url": url})
+    store = Store(settings.store_url)
+
+    def save(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+
+    def make(decision: str) -> int:
+        return write_version(
+            settings,
+            store,
+            save,
+            labels=LABELS,
+            parent_version=None,
+            job_id=None,
+            metrics={},
+            lineage={},
+            decision=decision,
+        )
+
+    champion = make("published")
+    activate_if_champion(store, champion, None, "first")
+    candidate = make(PENDING)
+    terms = gate_terms(PromotionParams(looks=2), default_margin=0.0)
+    # 40 wins on the gate split; the first look was not taken (as if it were not due).
+    judged = gate.Judged(100, Tally(40, 0, 0), 0, 0, 0)
+    record = gate.gate_record(terms, judged, None, "waiting", datetime.now().astimezone())
+    record["verdict"] = {"verdict": "pending", "looks_used": 0, "looked_at": None}
+    with store.session() as s:
+        job = jobs.create_job(s, {}, 0, "api")
+        job.status, job.stage = jobs.PENDING_REVIEW, "review"
+        job.champion_version, job.candidate_version = champion, candidate
+        job.metrics = {"comparison": record}
+        job_id = job.id
+    outcomes: list[list[str]] = []
+    barrier = threading.Barrier(6)
+
+    def look() -> None:
+        barrier.wait()
+        outcomes.append(gate.judge_pending(settings, store, job_id))
+
+    threads = [threading.Thread(target=look) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == [[]] * 5 + [[job_id]]
+    with store.session() as s:
+        assert [a.version for a in s.scalars(select(Activation))].count(candidate) == 1
+        assert versions.active_version(s) == candidate
+        assert jobs.get_job(s, job_id).promoted is True
+    store.dispose()
