@@ -1,5 +1,7 @@
 """Request and response models of the HTTP API."""
 
+# Long: the API's contract in one place, as the routes and the dashboard share it.
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -139,41 +141,6 @@ class JobReview(BaseModel):
     looks: int
     next_look_at: int | None = Field(description="Decisive labels at which the next look comes.")
     deadline: UtcDatetime | None = Field(description="When a waiting candidate is decided.")
-
-    @classmethod
-    def of(cls, comparison: dict[str, Any], queue: dict[str, int]) -> JobReview | None:
-        """From a job's stored comparison (workers/gate.py `gate_record`) and its queue's
-        counts now; None for a job the gate never saw (or one from before it)."""
-        judged = comparison.get("judged")
-        if not isinstance(judged, dict):
-            return None
-        verdict = comparison.get("verdict") or {}
-        tally = verdict.get("tally") or judged.get("gate_tally") or {}
-        deadline = comparison.get("deadline")
-        return cls(
-            verdict=verdict.get("verdict"),
-            reason=str(comparison.get("reason", "")),
-            needs=int(verdict.get("reviews_needed", 0))
-            if verdict.get("verdict") == "pending"
-            else 0,
-            open=queue.get("open", 0),
-            labeled=queue.get("labeled", 0),
-            skipped=queue.get("skipped", 0),
-            queued=int(judged.get("queued", 0)),
-            gate_texts=int(judged.get("gate_texts", 0)),
-            traffic_texts=int(judged.get("traffic_texts", 0)),
-            disagreement_rate=float(verdict.get("disagreement_rate", 0.0)),
-            tally={k: int(tally.get(k, 0)) for k in ("wins", "losses", "ties")},
-            decisive=int(tally.get("wins", 0)) + int(tally.get("losses", 0)),
-            planned_decisive=int(verdict.get("planned_decisive", 0)),
-            power=float(verdict.get("power", 0.0)),
-            looks_used=int(verdict.get("looks_used", 0)),
-            looks=int(comparison.get("looks", verdict.get("looks", 1))),
-            next_look_at=verdict.get("next_look_at")
-            if verdict.get("verdict") == "pending"
-            else None,
-            deadline=datetime.fromisoformat(deadline) if deadline else None,
-        )
 
 
 class JobView(BaseModel):

@@ -1,3 +1,4 @@
+# Long: every job parameter is declared here, once, with its default, bounds and meaning.
 """Parameters of a retraining job: what `POST /jobs` accepts, all optional. Each one is
 declared here once, with its default, its bounds and its meaning; the training loops
 (app/ml/training.py, app/ml/pretraining.py), the pool policy (app/ml/pool.py) and the
@@ -198,8 +199,9 @@ class PromotionParams(Section):
     rule: Literal["better", "faster_no_worse"] = Field(
         "better",
         description="better: publish a candidate shown better than promotion.margin; "
-        "faster_no_worse: a candidate that serves faster (at most 0.8 of the champion's "
-        "compute per token) need only be shown to lose at most promotion.tolerance.",
+        "faster_no_worse: a candidate cheaper to serve (FASTER_COST of the champion's "
+        "compute per token at most, app/ml/promotion.py) need only be shown to lose at "
+        "most promotion.tolerance.",
     )
     margin: float | None = Field(
         None,

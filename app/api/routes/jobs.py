@@ -4,6 +4,7 @@ promotion gate's state beside the job (`review`)."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, status
@@ -53,15 +54,44 @@ def job_view(session: Session, job: Job) -> JobView:
     """A job as the API shows it, with the gate's state and its review queue's counts now."""
     view = JobView.model_validate(job)
     comparison = (job.metrics or {}).get("comparison")
-    if isinstance(comparison, dict) and "judged" in comparison:
-        queued = (comparison.get("judged") or {}).get("queued")
+    if isinstance(comparison, dict) and isinstance(comparison.get("judged"), dict):
         counts = (
             reviews.counts(session, job_id=job.id)[reviews.DISAGREEMENT]
-            if queued
+            if comparison["judged"].get("queued")
             else dict.fromkeys(reviews.STATUSES, 0)
         )
-        view.review = JobReview.of(comparison, counts)
+        view.review = _review(comparison, counts)
     return view
+
+
+def _review(comparison: dict[str, Any], queue: dict[str, int]) -> JobReview:
+    """The gate's state from a job's stored comparison (workers/gate.py `gate_record`)
+    and its review queue's counts now."""
+    judged = comparison["judged"]
+    verdict = comparison.get("verdict") or {}
+    pending = verdict.get("verdict") == "pending"
+    tally = verdict.get("tally") or judged.get("gate_tally") or {}
+    deadline = comparison.get("deadline")
+    return JobReview(
+        verdict=verdict.get("verdict"),
+        reason=str(comparison.get("reason", "")),
+        needs=int(verdict.get("reviews_needed", 0)) if pending else 0,
+        open=queue.get("open", 0),
+        labeled=queue.get("labeled", 0),
+        skipped=queue.get("skipped", 0),
+        queued=int(judged.get("queued", 0)),
+        gate_texts=int(judged.get("gate_texts", 0)),
+        traffic_texts=int(judged.get("traffic_texts", 0)),
+        disagreement_rate=float(verdict.get("disagreement_rate", 0.0)),
+        tally={k: int(tally.get(k, 0)) for k in ("wins", "losses", "ties")},
+        decisive=int(tally.get("wins", 0)) + int(tally.get("losses", 0)),
+        planned_decisive=int(verdict.get("planned_decisive", 0)),
+        power=float(verdict.get("power", 0.0)),
+        looks_used=int(verdict.get("looks_used", 0)),
+        looks=int(comparison.get("looks", 1)),
+        next_look_at=verdict.get("next_look_at") if pending else None,
+        deadline=datetime.fromisoformat(deadline) if deadline else None,
+    )
 
 
 def ask_for_judgement(queue: Any, job_id: str | None) -> None:
