@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -104,7 +104,7 @@ def explain(judged: Judged, verdict: GateVerdict, reviewed: int) -> str:
     if verdict.verdict == "pending":
         return (
             f"{where}pending review: {verdict.reason}; power {verdict.power:.0%} at the "
-            f"planned count (look {verdict.looks_used} of {verdict.looks} taken)"
+            f"planned count ({verdict.looks_used} of {verdict.looks} looks taken)"
         )
     return where + verdict.reason
 
@@ -149,7 +149,8 @@ def gate_record(
         "looks_taken": [],
     }
     if pending:
-        record["deadline"] = (now + timedelta(hours=terms.review_hours)).isoformat()
+        deadline = now + timedelta(hours=terms.review_hours)
+        record["deadline"] = deadline.astimezone(UTC).replace(microsecond=0).isoformat()
     if verdict is not None and verdict.p_value is not None:
         record["looks_taken"] = [_look(verdict, now)]
     return record
@@ -288,7 +289,8 @@ def _look_again(
     if verdict.p_value is not None and verdict.looks_used > int(before.get("looks_used", 0)):
         record["looks_taken"] = [*record.get("looks_taken", []), _look(verdict, now)]
     if late and verdict.verdict == "reject":
-        verdict = replace(verdict, reason=f"the deadline passed ({deadline}): {verdict.reason}")
+        passed = datetime.fromisoformat(deadline).strftime("%Y-%m-%d %H:%M UTC")
+        verdict = replace(verdict, reason=f"the deadline passed ({passed}): {verdict.reason}")
     return verdict
 
 

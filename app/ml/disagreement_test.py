@@ -277,7 +277,12 @@ def judge(
         f"(look {max(used, 1)} of {looks}, at most {level:.3g}), "
         f"power {achieved:.0%} for a gain of {margin + min_gain:+.1%}"
     )
-    if n < planned and not published:
+    if n == 0:  # no test was run: nothing could show a gain
+        where = (
+            f"no decisive label among {counts.labeled} labeled disagreements "
+            f"(disagreement rate {d:.1%}; {planned} planned)"
+        )
+    elif n < planned and not published:
         where += f" with {n} of the {planned} decisive labels planned"
     shown = "shown" if published else "not shown"
     return GateVerdict(

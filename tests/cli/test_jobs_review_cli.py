@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from app.cli import main
 from app.store import jobs, review_answers, reviews
-from tests.conftest import ADMIN_KEY, LiveServer
+from tests.cli.test_cli import pfp
+from tests.conftest import LiveServer
 from tests.workers.test_gate import (
     WAITING,
     answer_by_rules,
@@ -21,18 +21,6 @@ from tests.workers.test_gate import (
 )
 from workers import gate
 from workers.retrain import run_retrain_job
-
-
-def pfp(capsys: pytest.CaptureFixture, live: LiveServer, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([*argv, "--url", live.url, "--api-key", ADMIN_KEY])
-        status = 0
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return status, out, err
 
 
 def _review_slowly(live: LiveServer, job_id: str) -> None:
