@@ -47,7 +47,7 @@ def review_line(job: dict[str, Any]) -> str | None:
         f"({review['decisive']} of {review['planned_decisive']} decisive labels; "
         f"{tally['wins']} wins, {tally['losses']} losses, {tally['ties']} ties); "
         f"{review['open']} open, {review['labeled']} labeled; power {review['power']:.0%}; "
-        f"look {review['looks_used']} of {review['looks']}; deadline {deadline}. "
+        f"{review['looks_used']} of {review['looks']} looks taken; deadline {deadline}. "
         f"Label them: pfp review --queue disagreement --job {job['id']}"
     )
 
