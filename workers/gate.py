@@ -177,6 +177,10 @@ def wait_for_reviews(session: Session, job: Job, traffic: list[Disagreement], mo
     job.status = jobs.PENDING_REVIEW
     job.stage = "review"
     job.progress = 1.0
+    record = job.metrics["comparison"]
+    if record["judged"]["queued"] != added.added:  # a text turned gold meanwhile
+        record = {**record, "judged": {**record["judged"], "queued": added.added}}
+        job.metrics = {**job.metrics, "comparison": record}
     return added.added
 
 
@@ -270,8 +274,9 @@ def _look_again(
 ) -> GateVerdict:
     terms = GateTerms.from_dict(record)
     before = record.get("verdict") or {}
-    deadline = record.get("deadline")
-    late = deadline is not None and now >= datetime.fromisoformat(deadline)
+    stored = record.get("deadline")
+    deadline = datetime.fromisoformat(stored) if stored else None
+    late = deadline is not None and now >= deadline
     still_open = reviews.count_items(session, DISAGREEMENT, job_id=job_id)
     verdict = judge(
         judged.gate_tally + reviewed,
@@ -288,8 +293,8 @@ def _look_again(
     )
     if verdict.p_value is not None and verdict.looks_used > int(before.get("looks_used", 0)):
         record["looks_taken"] = [*record.get("looks_taken", []), _look(verdict, now)]
-    if late and verdict.verdict == "reject":
-        passed = datetime.fromisoformat(deadline).strftime("%Y-%m-%d %H:%M UTC")
+    if deadline is not None and late and verdict.verdict == "reject":
+        passed = deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
         verdict = replace(verdict, reason=f"the deadline passed ({passed}): {verdict.reason}")
     return verdict
 
