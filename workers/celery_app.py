@@ -18,6 +18,7 @@ from workers.queues import MAINTENANCE_QUEUE, TRAINING_QUEUE
 
 # Longer than the longest job: Redis re-delivers an unacknowledged job after this long.
 VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
+JUDGE_EVERY_SECONDS = 60.0
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
@@ -63,6 +64,9 @@ def make_celery(settings: Settings) -> Celery:
                 "task": "pfp.maybe_retrain",
                 "schedule": settings.retrain_interval_seconds,
             },
+            # Deadlines of candidates waiting for reviews are kept to the minute; the
+            # review API also asks after each answer.
+            "judge-pending": {"task": "pfp.judge_pending", "schedule": JUDGE_EVERY_SECONDS},
             "sweep-stale-jobs": {
                 "task": "pfp.sweep_stale_jobs",
                 "schedule": max(60.0, settings.job_stale_seconds / 3),

@@ -18,13 +18,15 @@ from typing import Any
 from app.ml.modeling import Classifier
 from app.ml.pool import PoolPolicy, PoolSelector
 from app.ml.training import ProgressFn, predict, scores
-from app.store import gold, pseudo_labels, retention, versions
+from app.store import gold, pseudo_labels, retention, reviews, versions
 from app.store.database import Store
 
 Split = tuple[list[str], list[str]]  # (texts, labels)
 
 # Stored rows per database round trip while a job reads its pool.
 PAGE_SIZE = 2_000
+# Gold splits no job pre-trains on: they pick, judge or report the candidate.
+HELD_OUT = ("dev", "gate", "test")
 
 
 class JobError(Exception):
@@ -33,11 +35,12 @@ class JobError(Exception):
 
 @dataclass(frozen=True)
 class Gold:
-    """The gold splits: train fine-tunes, dev picks checkpoints and decides promotion,
-    test is reported beside it."""
+    """The gold splits: train fine-tunes, dev picks checkpoints, gate judges candidate and
+    champion (nothing is trained or selected on it), test is reported beside them."""
 
     train: Split
     dev: Split
+    gate: Split
     test: Split
     labels: list[str]  # every label the gold data uses
 
@@ -59,6 +62,7 @@ def load_gold(store: Store) -> Gold:
         return Gold(
             train=gold.load_split(session, "train"),
             dev=gold.load_split(session, "dev"),
+            gate=gold.load_split(session, "gate"),
             test=gold.load_split(session, "test"),
             labels=gold.gold_labels(session),
         )
@@ -91,15 +95,16 @@ class Pool:
 def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolicy) -> Pool:
     """The pre-training pool, chosen in the store by `policy` (app/ml/pool.py): stored
     predictions up to `upto_id`, newest first, made by models with `labels` in this order
-    (logits mean nothing in another order), one per text, never a text of the gold dev or
-    test split (they judge the candidate), never one in a range that retention is deleting.
+    (logits mean nothing in another order), one per text, never a text of the gold dev,
+    gate or test split (they select, judge or report the candidate), never one in a range
+    that retention is deleting.
 
     Pages stream from the database; the job holds the texts it selects and no more, so its
     memory and time stay flat however large the store grows."""
     started = time.perf_counter()
     with store.session() as session:
         same_labels = [v for v, ls in versions.label_sets(session).items() if ls == labels]
-        held_out = gold.all_texts(session, ("dev", "test"))
+        held_out = gold.all_texts(session, HELD_OUT)
         floor = retention.deleted_upto(session)
         selector = PoolSelector(policy, held_out)
         pages = pseudo_labels.pool_pages(
@@ -123,7 +128,7 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
     if not keep:
         raise JobError(
             "no pseudo-labeled texts to pre-train on (label some texts with /label first; "
-            "texts of the gold dev/test splits are excluded)"
+            "texts of the gold dev, gate and test splits are excluded)"
         )
     # Oldest first, as the texts arrived: training shuffles them anyway.
     keep.reverse()
@@ -145,9 +150,36 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
     )
 
 
+def traffic_sample(store: Store, size: int) -> list[tuple[int, str]]:
+    """The newest `size` distinct stored texts that are not gold (any split), as (id of
+    their newest stored prediction, text): the recent traffic candidate and champion are
+    both run on to find where they disagree. Never a row in a range retention deletes."""
+    sample: dict[str, tuple[int, str]] = {}
+    if size <= 0:
+        return []
+    with store.session() as session:
+        every_version = list(versions.label_sets(session))
+        pages = pseudo_labels.pool_pages(
+            session,
+            upto_id=pseudo_labels.max_id(session),
+            above_id=retention.deleted_upto(session),
+            versions=every_version,
+            page_size=PAGE_SIZE,
+        )
+        for page in pages:
+            fresh = {gold.text_digest(row.text): row for row in page}
+            known = reviews.gold_digests(session, fresh)
+            for digest, row in fresh.items():
+                if digest not in known and digest not in sample:
+                    sample[digest] = (row.id, row.text)
+                    if len(sample) == size:
+                        return list(sample.values())
+    return list(sample.values())
+
+
 @dataclass
 class Evaluation:
-    """What scoring one model on gold dev and test gives."""
+    """What scoring one model on the gold splits gives."""
 
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     predictions: dict[str, list[str]] = field(default_factory=dict)
@@ -158,11 +190,18 @@ def _part(progress: Callable[[float], None], offset: float, share: float) -> Pro
     return lambda fraction, _loss: progress(offset + fraction * share)
 
 
-def evaluate(classifier: Classifier, data: Gold, progress: Callable[[float], None]) -> Evaluation:
-    """Metrics and predictions on dev and test, and the texts scored per second (on this
-    worker, in this job: a rough figure beside the served one); `progress` gets 0..1."""
+def evaluate(
+    classifier: Classifier,
+    data: Gold,
+    progress: Callable[[float], None],
+    names: Sequence[str] = ("dev", "test"),
+) -> Evaluation:
+    """Metrics and predictions on the splits `names` (those that have texts), and the
+    texts scored per second (on this worker, in this job: a rough figure beside the served
+    one); `progress` gets 0..1."""
     out = Evaluation()
-    splits = [(name, split) for name, split in (("dev", data.dev), ("test", data.test)) if split[0]]
+    every = {"dev": data.dev, "test": data.test, "gate": data.gate}
+    splits = [(name, every[name]) for name in names if every[name][0]]
     total = max(1, sum(len(split[0]) for _, split in splits))
     done = 0
     started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 Training jobs have a queue of their own, so that the machine that should train (a GPU)
 can be the only one listening to it: `pfp worker --queues training`. Everything else
-(beat's check for new pseudo-labels, the stale-job sweep, retention runs) is light and
-goes to `maintenance`. A worker started without --queues listens to both.
+(beat's check for new pseudo-labels, the re-judging of candidates waiting for reviews, the
+stale-job sweep, retention runs) is light and goes to `maintenance`. A worker started
+without --queues listens to both.
 """
 
 TRAINING_QUEUE = "training"

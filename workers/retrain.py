@@ -10,16 +10,19 @@ Its stages are those of `workers/pipeline.py`:
 3. pre-train on the pool (the task loss on the teacher's predictions, plus the
    masked-LM loss if asked) from the base encoder or the active model -> model C;
 4. fine-tune C on the gold train split -> the candidate (model D);
-5. evaluate candidate and champion on gold dev and test;
-6. the promotion gate (app/ml/promotion.py), then publish (app.registry): the candidate
-   serves if a paired bootstrap on dev shows it better than the champion (or, under the
-   faster_no_worse rule, faster and no worse than the tolerance).
+5. evaluate candidate and champion on gold dev, gate and test, and run both on recent
+   stored traffic (workers/shadow.py);
+6. the promotion gate (workers/gate.py): an exact test on the texts where the two disagree
+   among the gate split and the reviewed traffic; then publish (app.registry). A candidate
+   the gate cannot decide yet is written `pending`, its traffic disagreements are queued
+   for review, and the job waits in `pending_review` for `gate.judge_pending`.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +34,13 @@ from app.ml.job_params import JobParams
 from app.ml.method import pretrain_on_predictions
 from app.ml.modeling import Classifier, load_classifier, save_classifier
 from app.ml.pool import PoolPolicy
-from app.ml.promotion import Decision, changed_share, decide, encoder_cost
+from app.ml.promotion import changed_share, encoder_cost, gate_terms
 from app.ml.training import fine_tune, in_bf16
 from app.registry import publish, version_dir
 from app.store import jobs
 from app.store.database import Store
 from app.store.tables import utcnow
-from workers import teacher
+from workers import gate, shadow, teacher
 from workers.pipeline import (
     Champion,
     Evaluation,
@@ -89,7 +92,7 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
         if job is None:
             log.warning("job %s not found; nothing to do", job_id)
             return
-        if job.status in jobs.FINISHED:
+        if job.status in (*jobs.FINISHED, jobs.PENDING_REVIEW):
             log.info("job %s already %s", job_id, job.status)
             return
         if job.cancel_requested:
@@ -124,6 +127,7 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
     finally:
         if yield_to_serving.paused_seconds >= 1:
             log.info("job %s paused %.0f s for serving", job_id, yield_to_serving.paused_seconds)
+    queue = outcome.pop("queue")
     with store.session() as session:
         job = jobs.get_job(session, job_id)
         assert job is not None
@@ -133,7 +137,12 @@ def run_retrain_job(job_id: str, settings: Settings, store: Store) -> None:
             **(job.history or {}),
             "yield": {"paused_for_serving_seconds": round(yield_to_serving.paused_seconds, 1)},
         }
-        jobs.finish(job, "succeeded")
+        gate.forget_earlier_candidates(session, job)
+        if queue is None:
+            jobs.finish(job, "succeeded")
+        else:
+            # Queued and waiting in one transaction: a job is never pending with no queue.
+            gate.wait_for_reviews(session, job, queue, settings.review_max_items)
 
 
 def _end(store: Store, job_id: str, status: str, error: str | None) -> None:
@@ -209,14 +218,30 @@ def _retrain(
     candidate = Classifier(
         model, tokenizer, champion.labels, settings.max_length, truncation=params.truncation
     )
-    metrics, decision = _judge(candidate, champion, data, params, settings, report)
+    scored = _score(job_id, candidate, champion, data, settings, store, report)
+    terms = gate_terms(
+        params.promotion,
+        default_margin=settings.promotion_margin,
+        relative_cost=scored.relative_cost,
+    )
+    evidence = scored.evidence
+    waits = terms.review_hours > 0
+    judged = gate.Judged(
+        gate_texts=evidence.gate_texts,
+        gate_tally=evidence.gate_tally,
+        traffic_texts=evidence.traffic_texts,
+        traffic_disagreements=len(evidence.traffic),
+        queued=min(len(evidence.traffic), settings.review_max_items) if waits else 0,
+    )
+    verdict, why = gate.first_look(terms, judged)
+    pending = verdict is not None and verdict.verdict == "pending"
+    if not pending:
+        judged = replace(judged, queued=0)
+    record = gate.gate_record(terms, judged, verdict, why, utcnow())
+    metrics = _metrics(scored, record)
 
     report.enter("publishing")
-    reason = (
-        f"v{champion.version} champion, dev macro-F1 "
-        f"{metrics['candidate']['dev']['macro_f1']:.4f} vs "
-        f"{metrics['champion']['dev']['macro_f1']:.4f}; {decision.reason}"
-    )
+    reason = f"v{champion.version} champion; {why}"
     if teacher_version is not None:
         reason = f"taught by teacher v{teacher_version}; {reason}"
     published = publish(
@@ -225,7 +250,8 @@ def _retrain(
         lambda folder: save_classifier(model, tokenizer, folder),
         labels=champion.labels,
         champion=champion.version,
-        wins=decision.publish,
+        wins=record["publish"] is True,
+        pending=pending,
         reason=f"published by job {job_id}",
         job_id=job_id,
         metrics=metrics["candidate"],
@@ -237,49 +263,71 @@ def _retrain(
         "job %s: candidate v%s %s: %s",
         job_id,
         published.version,
-        "published" if published.promoted else "rejected",
+        "waits for reviews" if pending else "published" if published.promoted else "rejected",
         reason,
     )
     return {
         "metrics": metrics,
-        "promoted": published.promoted,
+        "promoted": None if pending else published.promoted,
         "decision_reason": reason,
         "champion_version": champion.version,
         "candidate_version": published.version,
+        "queue": evidence.traffic[: judged.queued] if pending else None,
     }
 
 
-def _judge(
+@dataclass(frozen=True)
+class Scored:
+    """Both models on the gold splits and the traffic sample."""
+
+    candidate: Evaluation
+    champion: Evaluation
+    evidence: shadow.Evidence
+    relative_cost: float  # the candidate's compute per token over the champion's
+    layers: int  # the candidate's encoder layers
+
+
+def _score(
+    job_id: str,
     candidate: Classifier,
     champion: Champion,
     data: Gold,
-    params: JobParams,
     settings: Settings,
+    store: Store,
     report: JobReporter,
-) -> tuple[dict[str, Any], Decision]:
-    """Score candidate and champion on gold dev and test, and pass the candidate through
-    the promotion gate (a paired bootstrap on dev)."""
+) -> Scored:
+    """Score candidate and champion on gold dev, gate and test (metrics; the gate split
+    judges), and both on recent stored traffic, where their disagreements are found."""
     champion_model = load_classifier(version_dir(settings, champion.version), settings.max_length)
-    candidate_eval = evaluate(candidate, data, lambda f: report(f / 2))
-    champion_eval = evaluate(champion_model, data, lambda f: report(0.5 + f / 2))
-    relative_cost = encoder_cost(candidate.model) / max(1, encoder_cost(champion_model.model))
-    decision = decide(
-        data.dev[1],
-        candidate_eval.predictions["dev"],
-        champion_eval.predictions["dev"],
-        champion.labels,
-        params.promotion,
-        default_margin=settings.promotion_margin,
-        relative_cost=relative_cost,
+    splits = ("dev", "test", "gate")
+    candidate_eval = evaluate(candidate, data, lambda f: report(0.35 * f), splits)
+    champion_eval = evaluate(champion_model, data, lambda f: report(0.35 + 0.35 * f), splits)
+    traffic_texts, traffic = shadow.shadow_score(
+        job_id,
+        candidate,
+        champion_model,
+        store,
+        settings.review_sample,
+        lambda f: report(0.7 + 0.3 * f),
     )
-    layers = int(candidate.model.config.num_hidden_layers)
-    return _metrics(candidate_eval, champion_eval, decision, layers), decision
+    evidence = shadow.Evidence(
+        gate_texts=len(data.gate[0]),
+        gate_tally=shadow.gate_tally(data, candidate_eval, champion_eval),
+        traffic_texts=traffic_texts,
+        traffic=traffic,
+    )
+    return Scored(
+        candidate=candidate_eval,
+        champion=champion_eval,
+        evidence=evidence,
+        relative_cost=encoder_cost(candidate.model) / max(1, encoder_cost(champion_model.model)),
+        layers=int(candidate.model.config.num_hidden_layers),
+    )
 
 
-def _metrics(
-    candidate: Evaluation, champion: Evaluation, decision: Decision, layers: int
-) -> dict[str, Any]:
+def _metrics(scored: Scored, record: dict[str, Any]) -> dict[str, Any]:
     """Both models' scores and what the gate saw, as the job and the model card show them."""
+    candidate, champion = scored.candidate, scored.champion
     # The churn users would see: answers on test that change if the candidate is served.
     changed = (
         changed_share(champion.predictions["test"], candidate.predictions["test"])
@@ -290,9 +338,9 @@ def _metrics(
         "candidate": candidate.metrics,
         "champion": champion.metrics,
         "comparison": {
-            **decision.as_dict(),
+            **record,
             "test_changed_share": None if changed is None else round(changed, 5),
-            "candidate_layers": layers,
+            "candidate_layers": scored.layers,
             "candidate_texts_per_second": candidate.texts_per_second,
             "champion_texts_per_second": champion.texts_per_second,
         },

@@ -15,7 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def submit_if_due(settings: Settings, store: Store) -> str | None:
-    """Create a job (and return its id) if one is due; the caller enqueues it."""
+    """Create a job (and return its id) if one is due; the caller enqueues it.
+
+    Not while another is queued, running or waiting for reviews: a second candidate would
+    be judged against the same champion and ask the same people for labels, and whichever
+    was decided first would change the champion and void the other's reviews (its
+    publish is refused by the compare-and-set). The review deadline bounds the wait; an
+    operator may still submit one (`POST /jobs`)."""
     with store.session() as session:
         if versions.active_version(session) is None or jobs.has_unfinished(session):
             return None

@@ -39,6 +39,15 @@ def maybe_retrain() -> str | None:
     return job_id
 
 
+@celery_app.task(name="pfp.judge_pending")  # type: ignore[untyped-decorator]
+def judge_pending(job_id: str | None = None) -> list[str]:
+    """Beat (every minute) and the review API (after an answer): look again at candidates
+    waiting for reviews; publish, reject or keep waiting. Cheap and idempotent."""
+    from workers.gate import judge_pending as look_again
+
+    return look_again(get_settings(), worker_store(), job_id)
+
+
 @celery_app.task(name="pfp.sweep_stale_jobs")  # type: ignore[untyped-decorator]
 def sweep_stale_jobs() -> int:
     from workers.schedule import fail_stale_jobs

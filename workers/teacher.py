@@ -126,12 +126,12 @@ def train_teacher(
     data: Gold,
     report: JobReporter,
 ) -> int:
-    """Fine-tune `encoder` on gold train for `teacher.steps`, keeping its best dev
+    """Fine-tune `encoder` on gold train for `teacher.finetune_steps`, keeping its best dev
     checkpoint, evaluate it, and record it as a teacher version; returns the version."""
     started = time.monotonic()
     recipe = params.updated(
         {
-            "finetune.max_steps": params.teacher.steps,
+            "finetune.max_steps": params.teacher.finetune_steps,
             "finetune.learning_rate": params.teacher.learning_rate,
             "student_layers": 0,
         }

@@ -1,5 +1,7 @@
 """Request and response models of the HTTP API."""
 
+# Long: the API's contract in one place, as the routes and the dashboard share it.
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -88,8 +90,11 @@ class GoldExampleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
     label: str = Field(min_length=1, max_length=200)
-    split: Literal["train", "dev", "test"] | None = Field(
-        None, description="Omitted: a stable split from the text's hash (80/10/10)."
+    split: Literal["train", "dev", "test", "gate"] | None = Field(
+        None,
+        description="Omitted: a stable split from the text's hash (70/10/10/10 "
+        "train/dev/gate/test). `gate` judges candidates only: nothing trains or picks a "
+        "checkpoint on it.",
     )
 
     _check = field_validator("text")(_not_blank)
@@ -112,10 +117,39 @@ class JobAccepted(BaseModel):
     status: str
 
 
+class JobReview(BaseModel):
+    """What the promotion gate judged a job's candidate on, and where it stands: its
+    verdict so far, the labels it has and needs, its power, its looks and its deadline."""
+
+    verdict: Literal["pending", "publish", "reject"] | None = Field(
+        description="pending: the candidate waits for reviews; null: nothing to judge on."
+    )
+    reason: str = Field(description="The verdict so far, in words.")
+    needs: int = Field(description="More reviews the planned count needs (0: none).")
+    open: int = Field(description="The job's disagreements waiting for a label now.")
+    labeled: int
+    skipped: int
+    queued: int = Field(description="Disagreements of recent traffic queued for review.")
+    gate_texts: int = Field(description="Gold gate-split texts both models labeled.")
+    traffic_texts: int = Field(description="Recent stored texts both models labeled.")
+    disagreement_rate: float = Field(description="Over the gate and traffic texts together.")
+    tally: dict[str, int] = Field(description="Wins, losses and ties of the candidate so far.")
+    decisive: int
+    planned_decisive: int = Field(description="Decisive labels the last look is planned at.")
+    power: float = Field(description="At the planned gain, with the labels it is run on.")
+    looks_used: int
+    looks: int
+    next_look_at: int | None = Field(description="Decisive labels at which the next look comes.")
+    deadline: UtcDatetime | None = Field(description="When a waiting candidate is decided.")
+
+
 class JobView(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
-    status: str
+    status: str = Field(
+        description="queued, running, pending_review (trained; its candidate waits for "
+        "reviews), succeeded, failed or cancelled."
+    )
     stage: str
     progress: float
     trigger: str
@@ -133,6 +167,11 @@ class JobView(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    review: JobReview | None = Field(
+        None,
+        description="The promotion gate: what judged the candidate, the review queue's "
+        "counts, the tally, the verdict so far and its reason, power, looks and deadline.",
+    )
 
     @field_validator("params", mode="before")
     @classmethod

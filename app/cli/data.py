@@ -45,7 +45,7 @@ def cmd_import_gold(args: argparse.Namespace) -> None:
             skipped += answer["skipped_duplicates"]
             counts = answer["split_counts"]
             bar.update(len(batch))
-    splits = ", ".join(f"{split} {counts.get(split, 0)}" for split in ("train", "dev", "test"))
+    splits = ", ".join(f"{split} {n}" for split, n in counts.items())
     print(
         f"Imported {len(examples)} gold examples from {args.file}: {inserted} new, "
         f"{skipped} already stored.\nGold examples stored now: {splits}."
@@ -258,9 +258,10 @@ def add_commands(sub: Any, connection: argparse.ArgumentParser) -> None:
         "import-gold",
         cmd_import_gold,
         "import human-labeled (gold) examples from a CSV or JSONL file",
-        "The file has 'text' and 'label' and an optional 'split' (train, dev or test); rows\n"
-        "without a split are deduplicated and split 80/10/10 with --seed, as the bootstrap\n"
-        "does. Texts already stored are skipped. Labels must be the serving model's.\n\n"
+        "The file has 'text' and 'label' and an optional 'split' (train, dev, test or gate);\n"
+        "rows without a split are deduplicated and split 70/10/10/10 train/dev/gate/test\n"
+        "with --seed, as the bootstrap does. Texts already stored are skipped. Labels must\n"
+        "be the serving model's.\n\n"
         "example:\n  pfp import-gold more-gold.csv\n",
         conn,
     )

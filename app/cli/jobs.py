@@ -15,6 +15,7 @@ from app.cli.client import (
 from app.ml.job_params import assignment
 
 FINISHED = ("succeeded", "failed", "cancelled")
+PENDING_REVIEW = "pending_review"
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -29,7 +30,26 @@ def _job_result(job: dict[str, Any]) -> str:
         if job["promoted"]:
             return f"published v{job['candidate_version']}"
         return f"kept v{job['champion_version']}"
+    if job["status"] == PENDING_REVIEW and job.get("review"):
+        return f"v{job['candidate_version']} pending review: needs {job['review']['needs']} more"
     return (job.get("error") or "")[:60]
+
+
+def review_line(job: dict[str, Any]) -> str | None:
+    """Where a waiting candidate stands, in one line (None for a job not waiting)."""
+    review = job.get("review")
+    if job["status"] != PENDING_REVIEW or not review:
+        return None
+    tally = review["tally"]
+    deadline = common.when(review["deadline"]) if review.get("deadline") else "none"
+    return (
+        f"Pending review: needs {review['needs']} more reviews "
+        f"({review['decisive']} of {review['planned_decisive']} decisive labels; "
+        f"{tally['wins']} wins, {tally['losses']} losses, {tally['ties']} ties); "
+        f"{review['open']} open, {review['labeled']} labeled; power {review['power']:.0%}; "
+        f"{review['looks_used']} of {review['looks']} looks taken; deadline {deadline}. "
+        f"Label them: pfp review --queue disagreement --job {job['id']}"
+    )
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> None:
@@ -57,14 +77,22 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
 
 
 def _watch(client: ServiceClient, job_id: str, interval: float) -> int:
-    """Follow a job until it ends; 0 if it succeeded, 1 if it failed or was cancelled."""
+    """Follow a job until it ends, through its wait for reviews; 0 once its candidate was
+    published or rejected, 1 if it failed or was cancelled."""
     path = f"/jobs/{quote(job_id, safe='')}"
     job = client.get(path)
+    said: tuple[Any, ...] | None = None
     with common.progress(total=1000, desc=job["stage"] or job["status"], bar_format=_BAR) as bar:
         while True:
             bar.set_description(job["stage"] or job["status"])
             bar.set_postfix_str(job["status"])
             bar.update(round(job["progress"] * 1000) - bar.n)
+            review = job.get("review") or {}
+            stand = (review.get("needs"), review.get("decisive"), review.get("looks_used"))
+            waiting = review_line(job)
+            if waiting is not None and stand != said:  # what it needs changed
+                print(waiting, flush=True)  # stdout: the bar is on stderr
+                said = stand
             if job["status"] in FINISHED:
                 break
             time.sleep(interval)
@@ -139,8 +167,10 @@ def add_commands(sub: Any, connection: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     watch_epilog = (
-        "The bar shows the job's stage and progress until it ends. Exit status: 0 when\n"
-        "the job succeeded, 1 when it failed or was cancelled.\n\n"
+        "The bar shows the job's stage and progress until it ends. A job whose candidate\n"
+        "waits for reviews (pending_review) is watched on, with a line each time what it\n"
+        "needs changes. Exit status: 0 once its candidate was published or rejected, 1 when\n"
+        "it failed or was cancelled.\n\n"
     )
     p = common.leaf(
         jobs_sub,

@@ -156,9 +156,22 @@ class Settings(BaseSettings):
     )
     promotion_margin: float = Field(
         0.0,
-        description="Dev macro-F1 gain over the champion a candidate must be shown to exceed, "
-        "at the job's promotion_confidence, to be published (a job's default; negative: "
-        "publish even if slightly worse).",
+        description="Accuracy gain over the champion, on the texts the gate judges, that a "
+        "candidate must be shown to exceed at the job's promotion_confidence to be published "
+        "(a job's default; negative: publish even if slightly worse).",
+    )
+    review_sample: int = Field(
+        3000,
+        ge=0,
+        description="Newest distinct stored texts (not gold) a job's candidate and champion "
+        "both label when the candidate is ready, to find where they disagree (0: none; the "
+        "gate then judges on the gate split alone).",
+    )
+    review_max_items: int = Field(
+        400,
+        ge=0,
+        description="Most of those disagreements a job queues for review, in random order so "
+        "that any labeled part of them is a fair sample.",
     )
     job_stale_seconds: float = Field(
         900.0, description="A running job with no heartbeat for this long is marked failed."

@@ -18,8 +18,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.api.deps import ADMIN, READER, ServerDep, StoreDep
+from app.api.routes.jobs import job_view
 from app.api.routes.stats import load_label_stats
-from app.api.schemas import JobView, ModelView, ReviewItemView
+from app.api.schemas import ModelView, ReviewItemView
 from app.core.times import iso_utc
 from app.dashboard import charts
 from app.store import jobs, reviews, stats, versions
@@ -119,7 +120,7 @@ def _loss_charts(history: dict[str, Any]) -> list[tuple[str, Any]]:
 def jobs_fragment(request: Request, store: StoreDep, selected: str | None = None) -> HTMLResponse:
     """The newest jobs with their progress, and the loss curves of the selected one."""
     with store.session() as session:
-        rows = [JobView.model_validate(j) for j in jobs.list_jobs(session, JOBS_SHOWN)]
+        rows = [job_view(session, j) for j in jobs.list_jobs(session, JOBS_SHOWN)]
     chosen = next((j for j in rows if j.id == selected), None)
     if chosen is None:  # default: the newest job that has curves to show, else the newest
         chosen = next((j for j in rows if j.history), rows[0] if rows else None)

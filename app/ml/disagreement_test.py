@@ -6,18 +6,25 @@ there is. On each labeled disagreement the candidate is right (a win), the champ
 right (a loss), or neither is (a tie: they disagree, so they are never both right). The
 accuracy gain over all texts judged is the disagreement rate times (win rate - loss rate).
 
-The test is a one-sided exact binomial (sign) test on the decisive disagreements, run
-once, at a sample size planned beforehand so that it has the asked power against the
-smallest gain worth publishing (the margin plus `min_gain`): testing after every label
-would publish a no-better candidate far more often than alpha. Until that many decisive
-labels exist, the verdict is "pending", with how many more reviews it needs; if every
-disagreement is labeled first, the test runs on what there is.
+The test is a one-sided exact binomial (sign) test on the decisive disagreements, at a
+sample size planned beforehand so that it has the asked power against the smallest gain
+worth publishing (the margin plus `min_gain`). Testing after every label would publish a
+no-better candidate far more often than alpha, so the test is run at a few looks only: at
+most `looks` of them, each at alpha / looks (Bonferroni: the chance that any look
+publishes a candidate no better than the margin stays at most alpha, however the looks
+fall), with the sample size planned at that level too. With one look it is taken at the
+planned count; with more, the first is taken at once (the end of the job: the gate split's
+free labels and whatever is labeled already) and the others as the decisive labels pass
+each further share of the planned count. Whatever the count, a look is taken when nothing
+more can come (every disagreement labeled) or at the deadline, and the last look decides.
+Until then the verdict is "pending", with how many more reviews it needs.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -71,9 +78,8 @@ def _tails(n: int, p: float) -> np.ndarray:
         log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
         log_comb = log_factorial[n] - log_factorial[k] - log_factorial[n - k]
         pmf = np.exp(log_comb + k * math.log(p) + (n - k) * math.log1p(-p))
-    tails = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])
-    bounded: np.ndarray = np.minimum(tails, 1.0)
-    return bounded
+    tails: np.ndarray = np.minimum(np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]]), 1.0)
+    return tails
 
 
 def upper_tail(k: int, n: int, p: float) -> float:
@@ -85,6 +91,7 @@ def upper_tail(k: int, n: int, p: float) -> float:
     return float(_tails(n, p)[k])
 
 
+@lru_cache(maxsize=8192)
 def critical_wins(n: int, null_share: float, alpha: float) -> int:
     """The fewest wins out of `n` decisive labels that reject "the candidate wins at most
     `null_share` of them" at level `alpha` (n + 1: none can)."""
@@ -92,12 +99,14 @@ def critical_wins(n: int, null_share: float, alpha: float) -> int:
     return int(np.argmax(tails <= alpha))  # tails[n + 1] is 0: there is always one
 
 
+@lru_cache(maxsize=8192)
 def power(n: int, null_share: float, true_share: float, alpha: float) -> float:
     """The chance the test on `n` decisive labels publishes when the candidate really
     wins `true_share` of them."""
     return upper_tail(critical_wins(n, null_share, alpha), n, true_share)
 
 
+@lru_cache(maxsize=1024)
 def planned_decisive(null_share: float, true_share: float, alpha: float, target: float) -> int:
     """The fewest decisive labels at which the test reaches `target` power against
     `true_share` (MAX_PLANNED where none up to it does)."""
@@ -147,17 +156,43 @@ class GateVerdict:
     disagreement_rate: float  # of the texts both models scored
     null_share: float  # the win share among decisive labels the test must beat
     planned_share: float  # the win share of the smallest gain worth publishing
-    planned_decisive: int  # decisive labels the test is run at
+    planned_decisive: int  # decisive labels the last look is planned at
     power: float  # at the planned gain, with the labels it is (or will be) run on
-    p_value: float | None  # None while pending
+    p_value: float | None  # of the look taken now; None where none was
     reviews_needed: int  # more labels to reach the planned decisive count (0: none)
     gain: float  # the accuracy gain the labels estimate, over all texts judged
     reason: str
+    level: float = 0.0  # alpha / looks: what each look's p-value must be at most
+    looks: int = 1  # looks allowed
+    looks_used: int = 0  # looks spent, this one included
+    looked_at: int | None = None  # decisive labels at the latest look point (spent or not)
+    next_look_at: int | None = None  # decisive labels at which the next look comes
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["tally"] = asdict(self.tally)
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def look_points(planned: int, looks: int) -> list[int]:
+    """Decisive-label counts at which looks after the first come: equal shares of the
+    planned count (with one look, the planned count itself)."""
+    later = max(1, looks - 1)
+    return [max(1, math.ceil(planned * j / later)) for j in range(1, later + 1)]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a verdict is planned against: the test's null, the planned gain, the looks."""
+
+    d: float  # the disagreement rate
+    decisive_share: float  # of the disagreements, as the labels estimate it (1 before any)
+    null_share: float
+    planned_share: float
+    planned: int
+    level: float
+    looks: int
+    points: list[int]
 
 
 def judge(
@@ -169,63 +204,89 @@ def judge(
     alpha: float,
     target_power: float,
     unlabeled: int,
+    looks: int = 1,
+    looks_used: int = 0,
+    last_look_at: int | None = None,
+    final: bool = False,
 ) -> GateVerdict:
     """The verdict on `counts` (labeled disagreements) where the two models disagree on
     `disagreement_rate` of the texts they were both run on, `unlabeled` disagreements are
     still waiting for a label, and a candidate is published if shown better by more than
-    `margin` (accuracy, over all texts), planned for a true gain of `margin + min_gain`."""
+    `margin` (accuracy, over all texts), planned for a true gain of `margin + min_gain`.
+
+    The looks (module docstring): `looks_used` spent so far, the latest look point at
+    `last_look_at` decisive labels (None: no look yet, the end of the job), `final` at
+    the deadline. A look that could not publish whatever the labels said (too few
+    decisive labels for any count of wins to pass) is not spent."""
+    level = alpha / looks
+    if disagreement_rate <= 0.0 and counts.labeled == 0 and unlabeled == 0:
+        return _identical(counts, margin, level, looks, looks_used)
     d = max(disagreement_rate, 1e-9)
     # Among disagreements the decisive share is estimated from the labels; planning assumes
     # all are decisive, which asks for more labels than needed, never fewer.
     decisive_share = counts.decisive / counts.labeled if counts.labeled else 1.0
-    null_share = min(0.999, 0.5 * (1 + margin / (d * max(decisive_share, 1e-9))))
-    null_share = max(0.5, null_share) if margin >= 0 else max(0.001, null_share)
-    planned_share = min(0.999, 0.5 * (1 + (margin + min_gain) / d))
-    planned = planned_decisive(null_share, planned_share, alpha, target_power)
     n = counts.decisive
     gain = d * (counts.wins - counts.losses) / counts.labeled if counts.labeled else 0.0
-    reachable = n + round(unlabeled * decisive_share)
-    if n < planned and reachable > n:
-        more = math.ceil((planned - n) / max(decisive_share, 1e-9))
-        return GateVerdict(
-            "pending",
-            counts,
-            d,
-            null_share,
-            planned_share,
-            planned,
-            power(min(planned, max(reachable, 1)), null_share, planned_share, alpha),
-            None,
-            min(more, unlabeled),
-            gain,
-            f"needs {min(more, unlabeled)} more reviews to decide "
-            f"({n} of {planned} decisive labels)",
+    raw_null = 0.5 * (1 + margin / (d * max(decisive_share, 1e-9)))
+    if raw_null <= 0.0:
+        # The candidate cannot lose more than the texts it disagrees on: a margin below
+        # that allows any loss, so there is nothing to test.
+        reason = (
+            f"the margin {margin:+.1%} allows any loss where the models disagree "
+            f"({d:.1%} of the texts judged): published without a test"
         )
-    at = max(n, 1)
+        return GateVerdict(
+            "publish", counts, d, 0.0, 0.5, 0, 1.0, 0.0, 0, gain, reason,
+            level=level, looks=looks, looks_used=looks_used,
+        )  # fmt: skip
+    null_share = min(0.999, raw_null)
+    null_share = max(0.5, null_share) if margin >= 0 else max(0.001, null_share)
+    # The smallest gain worth publishing, as a win share; at least min_gain above the null
+    # however few of the disagreements the labels say are decisive.
+    planned_share = min(
+        0.999, max(0.5 * (1 + (margin + min_gain) / d), null_share + 0.5 * min_gain / d)
+    )
+    planned = planned_decisive(null_share, planned_share, level, target_power)
+    plan = _Plan(
+        d, decisive_share, null_share, planned_share, planned, level, looks,
+        look_points(planned, looks),
+    )  # fmt: skip
+    reachable = n + round(unlabeled * decisive_share)
+
+    def passed(k: int | None) -> int:
+        return -1 if k is None else sum(p <= k for p in plan.points)
+
+    due = n >= planned if looks == 1 else passed(n) > passed(last_look_at)
+    spent_all = looks_used >= looks  # never, where the caller keeps what the looks said
+    last = final or spent_all or reachable <= n or n >= planned
+    last = last or (due and looks_used + 1 >= looks)
+    can_publish = not spent_all and n > 0 and critical_wins(n, null_share, level) <= n
+    if not last and not (due and can_publish):
+        at = n if due else last_look_at
+        return _pending(counts, gain, plan, unlabeled, reachable, looks_used, at, None)
+    used = looks_used + (1 if can_publish else 0)
     p_value = upper_tail(counts.wins, n, null_share) if n else 1.0
-    achieved = power(at, null_share, planned_share, alpha)
+    published = can_publish and p_value <= level
+    if not last and not published:
+        return _pending(counts, gain, plan, unlabeled, reachable, used, n, p_value)
+    achieved = power(max(n, 1), null_share, planned_share, level)
     where = (
         f"{counts.wins} wins, {counts.losses} losses, {counts.ties} ties on "
         f"{counts.labeled} labeled disagreements (disagreement rate {d:.1%}); "
-        f"exact test p={p_value:.3g} against a win share of {null_share:.3f}, "
+        f"exact test p={p_value:.3g} against a win share of {null_share:.3f} "
+        f"(look {max(used, 1)} of {looks}, at most {level:.3g}), "
         f"power {achieved:.0%} for a gain of {margin + min_gain:+.1%}"
     )
-    if p_value <= alpha:
-        return GateVerdict(
-            "publish",
-            counts,
-            d,
-            null_share,
-            planned_share,
-            planned,
-            achieved,
-            p_value,
-            0,
-            gain,
-            f"{where}: shown better than the margin {margin:+.1%}",
+    if n == 0:  # no test was run: nothing could show a gain
+        where = (
+            f"no decisive label among {counts.labeled} labeled disagreements "
+            f"(disagreement rate {d:.1%}; {planned} planned)"
         )
+    elif n < planned and not published:
+        where += f" with {n} of the {planned} decisive labels planned"
+    shown = "shown" if published else "not shown"
     return GateVerdict(
-        "reject",
+        "publish" if published else "reject",
         counts,
         d,
         null_share,
@@ -235,5 +296,63 @@ def judge(
         p_value,
         0,
         gain,
-        f"{where}: not shown better than the margin {margin:+.1%}",
+        f"{where}: {shown} better than the margin {margin:+.1%}",
+        level=level,
+        looks=looks,
+        looks_used=used,
+        looked_at=n,
+    )
+
+
+def _identical(
+    counts: Tally, margin: float, level: float, looks: int, looks_used: int
+) -> GateVerdict:
+    """No text where the two models answer differently: nothing can show a gain, and no
+    loss is possible either."""
+    verdict: Verdict = "publish" if margin < 0 else "reject"
+    said = "no loss, as allowed by" if margin < 0 else "not shown better than"
+    reason = f"identical answers on every text judged: {said} the margin {margin:+.1%}"
+    return GateVerdict(
+        verdict, counts, 0.0, 0.5, 0.5, 0, 0.0, None, 0, 0.0, reason,
+        level=level, looks=looks, looks_used=looks_used,
+    )  # fmt: skip
+
+
+def _pending(
+    counts: Tally,
+    gain: float,
+    plan: _Plan,
+    unlabeled: int,
+    reachable: int,
+    looks_used: int,
+    looked_at: int | None,
+    p_value: float | None,
+) -> GateVerdict:
+    """Waiting for labels: how many more it needs, and where the next look comes."""
+    n, planned = counts.decisive, plan.planned
+    more = min(math.ceil(max(0, planned - n) / max(plan.decisive_share, 1e-9)), unlabeled)
+    upcoming = [p for p in plan.points if p > max(n, looked_at or 0)]
+    reason = f"needs {more} more reviews to decide ({n} of {planned} decisive labels)"
+    if p_value is not None:
+        reason = (
+            f"not yet shown better at look {looks_used} of {plan.looks} "
+            f"(p={p_value:.3g} > {plan.level:.3g}); {reason}"
+        )
+    return GateVerdict(
+        "pending",
+        counts,
+        plan.d,
+        plan.null_share,
+        plan.planned_share,
+        planned,
+        power(min(planned, max(reachable, 1)), plan.null_share, plan.planned_share, plan.level),
+        p_value,
+        more,
+        gain,
+        reason,
+        level=plan.level,
+        looks=plan.looks,
+        looks_used=looks_used,
+        looked_at=looked_at,
+        next_look_at=upcoming[0] if upcoming else planned,
     )

@@ -1,3 +1,4 @@
+# Long: every job parameter is declared here, once, with its default, bounds and meaning.
 """Parameters of a retraining job: what `POST /jobs` accepts, all optional. Each one is
 declared here once, with its default, its bounds and its meaning; the training loops
 (app/ml/training.py, app/ml/pretraining.py), the pool policy (app/ml/pool.py) and the
@@ -189,34 +190,69 @@ class FinetuneParams(Section):
 
 
 class PromotionParams(Section):
-    """Whether the candidate replaces the champion (app/ml/promotion.py)."""
+    """Whether the candidate replaces the champion: an exact test on the texts where the two
+    answer differently, among the gate split's gold texts and the labeled disagreements
+    of recent traffic (app/ml/promotion.py, workers/gate.py)."""
 
     flat_prefix: ClassVar[str] = "promotion_"
 
     rule: Literal["better", "faster_no_worse"] = Field(
         "better",
-        description="better: publish a candidate shown better on dev; faster_no_worse: also "
-        "one that serves faster and is shown to lose at most promotion.tolerance.",
+        description="better: publish a candidate shown better than promotion.margin; "
+        "faster_no_worse: a candidate cheaper to serve (FASTER_COST of the champion's "
+        "compute per token at most, app/ml/promotion.py) need only be shown to lose at "
+        "most promotion.tolerance.",
     )
     margin: float | None = Field(
         None,
         ge=-1.0,
         le=1.0,
-        description="Dev macro-F1 gain the candidate must be shown to exceed (at "
-        "promotion.confidence); default: the PROMOTION_MARGIN setting.",
+        description="Accuracy gain over the texts judged that the candidate must be shown to "
+        "exceed (at promotion.confidence); default: the PROMOTION_MARGIN setting.",
     )
     tolerance: float = Field(
         0.01,
         ge=0.0,
         le=1.0,
-        description="faster_no_worse: the dev macro-F1 a faster candidate may be shown to "
-        "lose at most.",
+        description="faster_no_worse: the accuracy a faster candidate may be shown to lose "
+        "at most.",
     )
     confidence: float = Field(
         0.95,
         ge=0.5,
         lt=1.0,
-        description="Confidence of the paired bootstrap on dev behind every promotion.",
+        description="1 - the chance of publishing a candidate no better than the margin, over "
+        "all the looks together.",
+    )
+    min_gain: float = Field(
+        0.01,
+        gt=0.0,
+        le=1.0,
+        description="The smallest accuracy gain above the margin worth publishing: the number "
+        "of reviews asked for is planned to show it with promotion.power.",
+    )
+    power: float = Field(
+        0.8,
+        ge=0.5,
+        lt=1.0,
+        description="The chance of publishing a candidate better by the margin plus "
+        "promotion.min_gain that the review plan aims at.",
+    )
+    review_hours: float = Field(
+        48.0,
+        ge=0.0,
+        le=24.0 * 90,
+        description="How long a candidate may wait for reviews of its disagreements with the "
+        "champion (status pending_review) before it is decided on what there is (0: decide "
+        "at the end of the job on the gate split alone).",
+    )
+    looks: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="Most evaluations of the test per candidate, each at (1 - confidence) / "
+        "looks: the first at the end of the job, the others as the reviews reach equal "
+        "shares of the planned count (1: one, once they all are in).",
     )
 
 
@@ -240,7 +276,7 @@ class TeacherParams(Section):
         description="The teacher version to learn from (default: the newest with the serving "
         "label set; where there is none, the job fine-tunes one first).",
     )
-    steps: int = Field(
+    finetune_steps: int = Field(
         160,
         ge=1,
         description="Fine-tuning steps of a new teacher on gold train, keeping its best dev "

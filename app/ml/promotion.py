@@ -1,36 +1,109 @@
-"""The promotion gate: does a candidate replace the champion?
+"""The promotion gate's terms: what a job asks of its candidate before it replaces the
+champion, read from the job's `promotion` section (app/ml/job_params.py).
 
-Dev macro-F1 on a thousand texts moves between two models trained alike by as much as
-the gains a job is after (the ablation's seeds, docs/ablation.md), so "higher on dev"
-alone would publish a candidate that is no better about half the time, and every swap
-changes answers users see. The gate asks for
-evidence instead: a paired bootstrap over the dev texts (both models scored on the same
-resampled texts) gives the distribution of the gain, and the candidate must win at the
-chosen confidence.
+The gate judges on texts nobody selected on: the gold `gate` split and recent traffic
+where the two models disagree, labeled by people (app/ml/disagreement_test.py has the
+test, workers/gate.py the looks). A swap changes answers users see, so the candidate must
+be shown better than a margin, not merely score higher:
+- `better`: shown to gain more accuracy than `promotion.margin` over the texts judged;
+- `faster_no_worse`: as `better`, or, for a candidate cheaper to serve (at most
+  FASTER_COST of the champion's compute per token), shown to lose at most
+  `promotion.tolerance`: a smaller student that serves faster.
 
-Rules an operator chooses between (the job's `promotion` section, app/ml/job_params.py,
-which `decide` reads as it is):
-- `better`: publish if the gain's lower confidence bound is above the margin;
-- `faster_no_worse`: as `better`, or if the candidate is cheaper to serve (at most
-  FASTER_COST of the champion's compute per token) and its lower bound is above minus
-  the tolerance: a smaller student that loses at most that much.
+The paired bootstrap of macro-F1 on dev below is not the job's gate any more (dev picked
+both models' checkpoints, and a thousand texts cannot show a point): the study in
+research/ reports it beside the test split, as what such a gate would have decided.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from app.ml.job_params import PromotionParams
-from app.ml.modeling import encoder_layers
+
+if TYPE_CHECKING:  # torch only where a model is measured: beat's re-judging reads the terms
+    from torch import nn
 
 # A candidate counts as faster when its encoder does at most this share of the champion's
 # work per token (3 of 6 layers: 0.5).
 FASTER_COST = 0.8
+
+
+@dataclass(frozen=True)
+class GateTerms:
+    """What a job's gate asks of its candidate, fixed when the candidate is ready and kept
+    with the job, so a candidate waiting for reviews is judged on the terms it started with."""
+
+    rule: str
+    margin: float  # the accuracy gain the candidate must be shown to exceed
+    alpha: float  # the chance of publishing one no better than that, all looks together
+    min_gain: float  # the gain above the margin the review plan is sized for
+    target_power: float  # the chance of publishing a candidate that much better
+    looks: int
+    review_hours: float
+    relative_cost: float  # the candidate's compute per token over the champion's
+    faster: bool
+    tolerance: float
+    confidence: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> GateTerms:
+        """The terms as `as_dict` kept them (extra keys, stored beside them, are ignored)."""
+        return cls(**{name: stored[name] for name in cls.__dataclass_fields__})
+
+
+def gate_terms(
+    gate: PromotionParams, *, default_margin: float, relative_cost: float = 1.0
+) -> GateTerms:
+    """The terms of a job's `promotion` section for a candidate that needs `relative_cost`
+    of the champion's compute per token; `default_margin` is the margin where the section
+    sets none (the PROMOTION_MARGIN setting)."""
+    margin = default_margin if gate.margin is None else gate.margin
+    faster = relative_cost <= FASTER_COST
+    if gate.rule == "faster_no_worse" and faster:
+        margin = min(margin, -gate.tolerance)
+    return GateTerms(
+        rule=gate.rule,
+        margin=margin,
+        alpha=1.0 - gate.confidence,
+        min_gain=gate.min_gain,
+        target_power=gate.power,
+        looks=gate.looks,
+        review_hours=gate.review_hours,
+        relative_cost=relative_cost,
+        faster=faster,
+        tolerance=gate.tolerance,
+        confidence=gate.confidence,
+    )
+
+
+def encoder_cost(model: nn.Module) -> int:
+    """Weights the encoder applies to every token: its per-token compute, up to a factor."""
+    from app.ml.modeling import encoder_layers
+
+    try:
+        counted: nn.Module = encoder_layers(model)  # type: ignore[arg-type]
+    except ValueError:
+        counted = model
+    return int(sum(p.numel() for p in counted.parameters()))
+
+
+def changed_share(before: Sequence[str], after: Sequence[str]) -> float:
+    """Share of texts whose predicted label differs between two models: the churn users
+    would see if `after` replaced `before`."""
+    if not before:
+        return 0.0
+    return sum(a != b for a, b in zip(before, after, strict=True)) / len(before)
+
+
+# --- the dev bootstrap (research/ reports it; no job decides by it) ---------------------
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20201001  # fixed: the same two models always get the same decision
 
@@ -76,15 +149,6 @@ def bootstrap_gain(
     return gain, gains
 
 
-def encoder_cost(model: nn.Module) -> int:
-    """Weights the encoder applies to every token: its per-token compute, up to a factor."""
-    try:
-        counted: nn.Module = encoder_layers(model)  # type: ignore[arg-type]
-    except ValueError:
-        counted = model
-    return int(sum(p.numel() for p in counted.parameters()))
-
-
 @dataclass
 class Decision:
     publish: bool
@@ -112,10 +176,10 @@ def decide(
     default_margin: float,
     relative_cost: float = 1.0,
 ) -> Decision:
-    """The gate on dev predictions of both models (see the module docstring), as the job's
-    `promotion` section says; `default_margin` is the margin where it sets none (the
-    PROMOTION_MARGIN setting). `relative_cost` is the candidate's encoder cost over the
-    champion's."""
+    """A paired bootstrap of macro-F1 on dev predictions of both models, with the rule,
+    margin, tolerance and confidence of a `promotion` section: what a gate on dev would
+    decide (the study reports it; jobs use `gate_terms` and workers/gate.py). `relative_cost`
+    is the candidate's encoder cost over the champion's."""
     if not gold:
         raise ValueError("no dev texts to compare candidate and champion on")
     rule, tolerance, confidence = gate.rule, gate.tolerance, gate.confidence
@@ -150,11 +214,3 @@ def decide(
         faster=faster,
         reason=f"{where}: {why}",
     )
-
-
-def changed_share(before: Sequence[str], after: Sequence[str]) -> float:
-    """Share of texts whose predicted label differs between two models: the churn users
-    would see if `after` replaced `before`."""
-    if not before:
-        return 0.0
-    return sum(a != b for a, b in zip(before, after, strict=True)) / len(before)

@@ -4,7 +4,8 @@ and which one serves. Everything that makes or activates a version goes through 
 - `folders`: `MODEL_DIR/v{N}`, written whole and renamed into place, never written again;
 - `card`: the model card each folder carries;
 - `publish`: `publish()` (write, then activate by compare-and-set and notify the API
-  processes) and `activate()` (an operator's rollback).
+  processes), `settle_pending()` (decide a candidate that waited for reviews) and
+  `activate()` (an operator's rollback).
 """
 
 from app.registry.folders import (
@@ -16,6 +17,7 @@ from app.registry.folders import (
     write_version,
 )
 from app.registry.publish import (
+    PENDING,
     SWAP_CHANNEL,
     NotServable,
     PublishConflict,
@@ -25,11 +27,13 @@ from app.registry.publish import (
     activate_if_champion,
     notify_swap,
     publish,
+    settle_pending,
 )
 
 __all__ = [
     "METADATA_FILE",
     "MODEL_CARD_FILE",
+    "PENDING",
     "SWAP_CHANNEL",
     "NotServable",
     "Published",
@@ -40,6 +44,7 @@ __all__ = [
     "live_version_dirs",
     "notify_swap",
     "publish",
+    "settle_pending",
     "sweep_temporary",
     "version_dir",
     "write_version",

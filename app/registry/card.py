@@ -26,6 +26,7 @@ def _promotion_rows(comparison: Any) -> list[tuple[str, str]]:
             "promotion gate",
             f"rule `{comparison.get('rule')}`: {comparison.get('reason', '')}",
         ),
+        *_judged_rows(comparison),
         (
             "compute per token",
             f"{comparison.get('relative_cost', 1.0):.2f} of the champion's",
@@ -34,6 +35,32 @@ def _promotion_rows(comparison: Any) -> list[tuple[str, str]]:
     changed = comparison.get("test_changed_share")
     if changed is not None:
         rows.append(("test answers changed", f"{100 * changed:.1f}% of the champion's"))
+    return rows
+
+
+def _judged_rows(comparison: dict[str, Any]) -> list[tuple[str, str]]:
+    """How many texts judged the candidate and where they came from (workers/gate.py)."""
+    judged = comparison.get("judged")
+    if not isinstance(judged, dict):
+        return []
+    rows = [
+        (
+            "judged on",
+            f"{judged.get('gate_texts', 0)} gold gate-split texts (selected on by no model; "
+            f"{judged.get('gate_disagreements', 0)} disagreements, labeled) and "
+            f"{judged.get('traffic_texts', 0)} recent stored texts outside gold "
+            f"({judged.get('traffic_disagreements', 0)} disagreements, "
+            f"{judged.get('queued', 0)} queued for review)",
+        )
+    ]
+    if comparison.get("publish") is None and comparison.get("deadline"):
+        rows.append(
+            (
+                "decided",
+                f"after review, by {comparison['deadline']} at the latest: the decision "
+                "and the reviews that made it are in `GET /jobs/{id}` and `GET /models`",
+            )
+        )
     return rows
 
 

@@ -3,8 +3,10 @@ becomes the one served.
 
 `publish` writes the folder (`folders.write_version`), then, if the candidate won,
 activates it by compare-and-set against the champion it was evaluated against and tells
-the API processes. Activation is a row in an append-only log; `activate` is the operator's
-unconditional form (a rollback).
+the API processes. A candidate that waits for reviews is written `pending` and decided
+later by `settle_pending`, with the same compare-and-set and no second folder.
+Activation is a row in an append-only log; `activate` is the operator's unconditional
+form (a rollback).
 """
 
 from __future__ import annotations
@@ -39,19 +41,53 @@ def _lock_activations(session: Session) -> None:
         session.execute(sql_text("UPDATE model_versions SET state = state WHERE 0 = 1"))
 
 
+# The decision of a candidate written before the gate could decide it (it waits for
+# reviews); `settle_pending` turns it into "published" or "rejected".
+PENDING = "pending"
+
+
+def _activate_if_champion(
+    session: Session, version: int, expected_champion: int | None, reason: str, when: str
+) -> None:
+    _lock_activations(session)
+    current = versions.active_version(session)
+    if current != expected_champion:
+        raise PublishConflict(
+            f"the active model changed from v{expected_champion} to v{current} "
+            f"while this candidate {when}"
+        )
+    versions.activate(session, version, reason)
+
+
 def activate_if_champion(
     store: Store, version: int, expected_champion: int | None, reason: str
 ) -> None:
     """Make `version` active only if `expected_champion` still is; else PublishConflict."""
     with store.session() as session:
-        _lock_activations(session)
-        current = versions.active_version(session)
-        if current != expected_champion:
-            raise PublishConflict(
-                f"the active model changed from v{expected_champion} to v{current} "
-                "while this candidate was evaluated"
-            )
-        versions.activate(session, version, reason)
+        _activate_if_champion(session, version, expected_champion, reason, "was evaluated")
+
+
+def settle_pending(
+    session: Session, version: int, *, wins: bool, expected_champion: int | None, reason: str
+) -> str | None:
+    """Decide candidate `version`, written `pending`: if it `wins`, make it active by
+    compare-and-set against `expected_champion` (as `publish` does) and record it
+    published; else, or if the champion changed meanwhile, record it rejected. Returns
+    that conflict, if any. Runs in the caller's transaction; once it has committed, the
+    caller tells the API processes (`notify_swap`)."""
+    row = versions.get_version(session, version)
+    if row is None or row.decision != PENDING:
+        raise ValueError(f"v{version} is not a candidate waiting for its decision")
+    if not wins:
+        row.decision = "rejected"
+        return None
+    try:
+        _activate_if_champion(session, version, expected_champion, reason, "waited for reviews")
+    except PublishConflict as exc:
+        row.decision = "rejected"
+        return str(exc)
+    row.decision = "published"
+    return None
 
 
 class UnknownVersion(LookupError):
@@ -112,14 +148,17 @@ def publish(
     job_id: str | None,
     metrics: dict[str, Any],
     lineage: dict[str, Any],
+    pending: bool = False,
 ) -> Published:
     """Write a candidate as a new version and, if it `wins` against `champion` (None before
-    the first model), make it the one served.
+    the first model), make it the one served; a `pending` one (the gate waits for reviews)
+    is written and not served, for `settle_pending` to decide.
 
     Every candidate is kept, winner or not, so an operator can compare or activate it later.
     The activation is a compare-and-set: if the champion changed while this candidate was
     evaluated, it is recorded as rejected and the other publisher's model keeps serving.
     """
+    decision = PENDING if pending else "published" if wins else "rejected"
     version = write_version(
         settings,
         store,
@@ -129,9 +168,9 @@ def publish(
         job_id=job_id,
         metrics=metrics,
         lineage=lineage,
-        decision="published" if wins else "rejected",
+        decision=decision,
     )
-    if not wins:
+    if pending or not wins:
         return Published(version, promoted=False)
     try:
         activate_if_champion(store, version, champion, reason)

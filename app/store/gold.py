@@ -1,4 +1,12 @@
-"""Human-labeled (gold) examples and their train/dev/test splits."""
+"""Human-labeled (gold) examples and their splits.
+
+- `train`: what candidates are fine-tuned on;
+- `dev`: what picks checkpoints (the best fine-tuning step, a teacher's, a serving form);
+- `gate`: what the promotion gate judges candidate and champion on, and nothing else: no
+  model is trained or selected on it, so it is free of the bias of texts a model was
+  picked with (workers/gate.py);
+- `test`: reported beside the others, never read by a decision.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from app.store.tables import GoldExample
 
-SPLITS = ("train", "dev", "test")
+# `gate` last: splits stored before it existed keep their positions.
+SPLITS = ("train", "dev", "test", "gate")
 
 
 @dataclass(frozen=True)
@@ -25,13 +34,19 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def split_for(text: str, dev_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
-    """A stable split from the text's digest: the same text always lands in the same split."""
+def split_for(
+    text: str, dev_fraction: float = 0.1, test_fraction: float = 0.1, gate_fraction: float = 0.1
+) -> str:
+    """A stable split from the text's digest: the same text always lands in the same split
+    (70/10/10/10 train/dev/gate/test; a text's test or dev bucket is the one it had before
+    the gate split existed)."""
     bucket = int(text_digest(text)[:8], 16) / 0xFFFFFFFF
     if bucket < test_fraction:
         return "test"
     if bucket < test_fraction + dev_fraction:
         return "dev"
+    if bucket < test_fraction + dev_fraction + gate_fraction:
+        return "gate"
     return "train"
 
 

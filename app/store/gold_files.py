@@ -49,16 +49,21 @@ def deduplicate(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def assign_splits(
-    rows: list[tuple[str, str]], seed: int, dev: float = 0.1, test: float = 0.1
+    rows: list[tuple[str, str]], seed: int, dev: float = 0.1, test: float = 0.1, gate: float = 0.1
 ) -> list[GoldItem]:
-    """Shuffle with a fixed seed and cut into train/dev/test (after deduplication: no leaks)."""
+    """Shuffle with a fixed seed and cut into test/dev/gate/train (after deduplication: no
+    leaks). Test and dev come first, so they are the texts they were before the gate split
+    was cut, for the same seed."""
     shuffled = list(rows)
     random.Random(seed).shuffle(shuffled)
-    n_test = round(len(shuffled) * test)
-    n_dev = round(len(shuffled) * dev)
+    ends = []
+    total = 0
+    for name, share in (("test", test), ("dev", dev), ("gate", gate)):
+        total += round(len(shuffled) * share)
+        ends.append((total, name))
     items = []
     for i, (text, label) in enumerate(shuffled):
-        split = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
+        split = next((name for end, name in ends if i < end), "train")
         items.append(GoldItem(text=text, label=label, split=split))
     return items
 

@@ -11,7 +11,8 @@ Two queues share one table (`ReviewItem`):
 
 An item is `open` until a person labels or skips it. A skip means "not now": the item
 leaves the open list, and a label that comes for it later (an import, another person) is
-still taken. A second label never is: `AlreadyLabeled`. A text is queued once per queue,
+still taken. Once the gate has decided a job, its open disagreements are skipped too
+(`close_open`). A second label never is: `AlreadyLabeled`. A text is queued once per queue,
 and once per job in the disagreement queue, whatever became of it.
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -320,3 +321,21 @@ def release_to_gold(session: Session, job_id: str) -> tuple[int, int]:
         gold.GoldItem(d.text, d.label, "train") for d in labeled_disagreements(session, job_id)
     ]
     return gold.import_gold(session, items, GOLD_SOURCE[DISAGREEMENT])
+
+
+def close_open(session: Session, job_id: str) -> int:
+    """After the gate's decision on job `job_id`: its disagreements nobody answered leave
+    the open list (skipped), so people are not asked about a decided candidate. A label
+    that still comes for one is taken and, once `release_to_gold` runs again, teaches.
+    Returns how many were open."""
+    result = session.execute(
+        update(ReviewItem)
+        .where(
+            ReviewItem.queue == DISAGREEMENT,
+            ReviewItem.job_id == job_id,
+            ReviewItem.status == OPEN,
+        )
+        .values(status=SKIPPED)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -53,7 +53,7 @@ class PseudoLabel(Base):
 
 
 class GoldExample(Base):
-    """A human-labeled example; `split` is train, dev or test."""
+    """A human-labeled example; `split` is train, dev, test or gate (app/store/gold.py)."""
 
     __tablename__ = "gold_examples"
 

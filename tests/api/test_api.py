@@ -317,3 +317,22 @@ def test_not_ready_without_a_model(settings: Settings):
         r = client.post("/label", json={"text": "anyone?"})
         assert r.status_code == 503 and "no model is active yet" in r.json()["detail"]
         assert r.headers["retry-after"]
+
+
+def test_gold_import_takes_the_gate_split(api):
+    body = {"examples": [{"text": "a gate text", "label": "neutral", "split": "gate"}]}
+    r = api.post("/gold", json=body)
+    assert r.status_code == 200, r.text
+    assert set(r.json()["split_counts"]) == {"train", "dev", "test", "gate"}
+    before = r.json()["split_counts"]["gate"]
+    # Without a split, a text lands in the split its digest says: some land in gate.
+    texts = [f"an unsplit gold text {i}" for i in range(60)]
+    examples = [{"text": t, "label": "neutral"} for t in texts]
+    after = api.post("/gold", json={"examples": examples}).json()["split_counts"]["gate"]
+    from app.store.gold import split_for
+
+    assert after - before == sum(split_for(t) == "gate" for t in texts) > 0
+    refused = api.post(
+        "/gold", json={"examples": [{"text": "x", "label": "neutral", "split": "g"}]}
+    )
+    assert refused.status_code == 422

@@ -106,3 +106,138 @@ def test_a_margin_raises_the_share_the_candidate_must_beat():
     assert plain.null_share == 0.5
     assert strict.null_share == pytest.approx(0.6)
     assert plain.verdict == "publish" and strict.verdict == "reject"
+
+
+# --- sequential looks ------------------------------------------------------------------------
+
+SEQUENTIAL = {
+    "disagreement_rate": 0.1,
+    "margin": 0.0,
+    "min_gain": 0.02,  # a planned win share of 0.6
+    "alpha": 0.05,
+    "target_power": 0.8,
+}
+
+
+def _sequential(true_share: float, runs: int, seed: int, looks: int = 4) -> float:
+    """Share of candidates published when labels arrive in batches of random size and the
+    gate is asked after every batch, as beat and the label route ask it: it takes its
+    looks itself. Each run starts with 40 free decisive labels (the gate split)."""
+    rng = random.Random(seed)
+    published = 0
+    for _ in range(runs):
+        n = 40
+        wins = sum(rng.random() < true_share for _ in range(n))
+        unlabeled, used, at = 2000, 0, None
+        while True:
+            verdict = judge(
+                Tally(wins, n - wins, 0),
+                unlabeled=unlabeled,
+                looks=looks,
+                looks_used=used,
+                last_look_at=at,
+                **SEQUENTIAL,
+            )
+            if verdict.verdict != "pending":
+                published += verdict.verdict == "publish"
+                break
+            assert verdict.looks_used <= looks
+            used, at = verdict.looks_used, verdict.looked_at
+            batch = min(unlabeled, rng.randint(1, 40))
+            wins += sum(rng.random() < true_share for _ in range(batch))
+            n, unlabeled = n + batch, unlabeled - batch
+    return published / runs
+
+
+def test_looks_are_planned_at_alpha_over_looks():
+    one = judge(Tally(), unlabeled=2000, **SEQUENTIAL)
+    four = judge(Tally(), unlabeled=2000, looks=4, **SEQUENTIAL)
+    assert four.level == pytest.approx(0.05 / 4)
+    assert four.planned_decisive == planned_decisive(0.5, 0.6, 0.05 / 4, 0.8)
+    assert four.planned_decisive > one.planned_decisive
+
+
+def test_asking_after_every_batch_publishes_a_no_better_candidate_at_most_alpha():
+    assert _sequential(0.5, 2000, seed=3) <= 0.05 + 0.01  # alpha plus Monte Carlo error
+
+
+def test_asking_after_every_batch_keeps_the_planned_power():
+    assert _sequential(0.6, 1000, seed=4) >= 0.8 - 0.03
+
+
+def test_testing_at_full_alpha_after_every_batch_would_publish_far_more_often():
+    """Why the looks exist: the same arrivals, tested at alpha after every batch."""
+    rng = random.Random(5)
+    published = 0
+    for _ in range(1000):
+        n = 40
+        wins = sum(rng.random() < 0.5 for _ in range(n))
+        while n < 400:
+            if wins >= critical_wins(n, 0.5, 0.05):
+                published += 1
+                break
+            batch = rng.randint(1, 40)
+            wins += sum(rng.random() < 0.5 for _ in range(batch))
+            n += batch
+    assert published / 1000 > 0.1
+
+
+def test_looks_come_at_shares_of_the_planned_count_and_are_never_more_than_allowed():
+    first = judge(Tally(24, 16, 0), unlabeled=2000, looks=4, **SEQUENTIAL)
+    planned = first.planned_decisive
+    assert first.verdict == "pending" and first.looks_used == 1 and first.looked_at == 40
+    assert first.p_value is not None and "not yet shown better at look 1 of 4" in first.reason
+    assert first.next_look_at == math.ceil(planned / 3)
+    used, at, spent = first.looks_used, first.looked_at, [40]
+    for n in range(41, planned + 1):  # asked after every label, an even split
+        verdict = judge(
+            Tally(n // 2, n - n // 2, 0),
+            unlabeled=2000 - n,
+            looks=4,
+            looks_used=used,
+            last_look_at=at,
+            **SEQUENTIAL,
+        )
+        if verdict.looks_used > used:
+            spent.append(n)
+        used, at = verdict.looks_used, verdict.looked_at
+        if verdict.verdict != "pending":
+            break
+    assert spent == [40, math.ceil(planned / 3), math.ceil(2 * planned / 3), planned]
+    assert verdict.verdict == "reject" and "look 4 of 4" in verdict.reason
+
+
+def test_a_look_that_could_not_publish_is_not_spent():
+    # 5 decisive labels: even 5 wins of 5 cannot pass at 0.05 / 4
+    verdict = judge(Tally(5, 0, 0), unlabeled=500, looks=4, **SEQUENTIAL)
+    assert verdict.verdict == "pending" and verdict.looks_used == 0 and verdict.looked_at == 5
+    assert verdict.p_value is None
+
+
+def test_the_deadline_decides_on_what_there_is():
+    # the second look was at 80 decisive labels; the third comes at two thirds of the plan
+    common = {**SEQUENTIAL, "looks": 4, "looks_used": 2, "last_look_at": 80}
+    waiting = judge(Tally(60, 30, 5), unlabeled=300, **common)
+    assert waiting.verdict == "pending"
+    assert f"needs {waiting.reviews_needed} more reviews to decide (90 of" in waiting.reason
+    late = judge(Tally(60, 30, 5), unlabeled=300, final=True, **common)
+    assert late.verdict == "publish" and late.looks_used == 3  # 60 of 90: p < 0.0125
+    weak = judge(Tally(48, 42, 5), unlabeled=300, final=True, **common)
+    assert weak.verdict == "reject" and "with 90 of the" in weak.reason
+    assert "not shown better" in weak.reason
+
+
+def test_identical_answers_publish_only_where_a_loss_is_allowed():
+    common = {**SEQUENTIAL, "disagreement_rate": 0.0, "unlabeled": 0, "looks": 4}
+    same = judge(Tally(), **common)
+    assert same.verdict == "reject" and "identical answers" in same.reason
+    faster = judge(Tally(), **{**common, "margin": -0.01})
+    assert faster.verdict == "publish" and "identical answers" in faster.reason
+
+
+def test_a_margin_below_any_possible_loss_publishes_without_a_test():
+    verdict = judge(Tally(0, 12, 3), unlabeled=0, **{**SEQUENTIAL, "margin": -1.0})
+    assert verdict.verdict == "publish" and "allows any loss" in verdict.reason
+    # a tolerance smaller than the loss the labels show is tested, and the loss is seen
+    strict = judge(Tally(0, 12, 3), unlabeled=0, **{**SEQUENTIAL, "margin": -0.01})
+    assert strict.verdict == "reject"

@@ -55,6 +55,15 @@ FLAT_BEFORE_SECTIONS = {
     "promotion_margin": "promotion.margin",
     "promotion_tolerance": "promotion.tolerance",
     "promotion_confidence": "promotion.confidence",
+    "promotion_min_gain": "promotion.min_gain",
+    "promotion_power": "promotion.power",
+    "promotion_review_hours": "promotion.review_hours",
+    "promotion_looks": "promotion.looks",
+    "teacher_source": "teacher.source",
+    "teacher_version": "teacher.version",
+    "teacher_finetune_steps": "teacher.finetune_steps",
+    "teacher_learning_rate": "teacher.learning_rate",
+    "teacher_refresh_growth": "teacher.refresh_growth",
 }
 # A value for each, none of them its default.
 FLAT_BODY = {
@@ -91,6 +100,15 @@ FLAT_BODY = {
     "promotion_margin": -0.01,
     "promotion_tolerance": 0.02,
     "promotion_confidence": 0.9,
+    "promotion_min_gain": 0.02,
+    "promotion_power": 0.9,
+    "promotion_review_hours": 0.0,
+    "promotion_looks": 2,
+    "teacher_source": "serving",
+    "teacher_version": 7,
+    "teacher_finetune_steps": 40,
+    "teacher_learning_rate": 3e-5,
+    "teacher_refresh_growth": 0.5,
 }
 
 

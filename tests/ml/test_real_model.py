@@ -21,9 +21,13 @@ def test_demo_gold_is_deduplicated_split_and_reproducible():
     assert 14_000 < len(items) < 14_638  # the airline tweets, duplicates removed
     texts = [i.text for i in items]
     assert len(set(texts)) == len(texts)
-    by_split = {s: {i.text for i in items if i.split == s} for s in ("train", "dev", "test")}
+    by_split = {
+        s: {i.text for i in items if i.split == s} for s in ("train", "dev", "test", "gate")
+    }
     assert not (by_split["train"] & by_split["test"]) and not (by_split["dev"] & by_split["test"])
     assert 0.09 < len(by_split["test"]) / len(items) < 0.11
+    assert 0.09 < len(by_split["gate"]) / len(items) < 0.11
+    assert not (by_split["gate"] & (by_split["train"] | by_split["dev"] | by_split["test"]))
     assert {i.label for i in items} == {"negative", "neutral", "positive"}
     assert sum(i.label == "negative" for i in items) / len(items) > 0.55  # as documented: ~63%
     assert [(i.text, i.split) for i in demo_gold(seed=13)[:50]] == [

@@ -20,7 +20,7 @@ SMALL = {
     "finetune_max_steps": 3,
     "batch_size": 16,
     "max_length": 32,
-    "teacher.steps": 4,
+    "teacher.finetune_steps": 4,
     "promotion_margin": -1.0,
 }
 

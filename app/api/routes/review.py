@@ -2,7 +2,9 @@
 
 The disagreement queue is filled by jobs; the uncertainty queue on demand (`fill`). Both
 are answered the same ways: here one item at a time (`pfp review` and the dashboard use
-these routes), or a file at a time in Label Studio's task JSON or CSV.
+these routes), or a file at a time in Label Studio's task JSON or CSV. An answer in the
+disagreement queue asks a worker to look again at the job's candidate at once (beat also
+looks every minute).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from app.api.deps import ADMIN, StoreDep
+from app.api.deps import ADMIN, QueueDep, StoreDep
 from app.api.errors import Conflict, Invalid, NotFound, ServiceError
+from app.api.routes.jobs import ask_for_judgement
 from app.api.schemas import (
     QueueCounts,
     ReviewCsvImport,
@@ -109,26 +112,41 @@ def get_item(store: StoreDep, item_id: ItemId) -> ReviewItemView:
 
 
 @router.post("/items/{item_id}/label", response_model=ReviewItemView)
-def label_item(store: StoreDep, item_id: ItemId, body: ReviewLabelRequest) -> ReviewItemView:
+def label_item(
+    store: StoreDep, queue: QueueDep, item_id: ItemId, body: ReviewLabelRequest
+) -> ReviewItemView:
     """Answer an item: 404 no such item, 422 not one of the active model's classes, 409
     labeled already (a label is given once). A skipped item may still be labeled. An
     uncertainty item's text joins the gold train split at once; a disagreement's after the
     gate has decided its job."""
     with _refusals(), store.session() as session:
         item = review_answers.label_item(session, item_id, body.label, body.via, body.annotator)
-        return ReviewItemView.model_validate(item)
+        view = ReviewItemView.model_validate(item)
+    _judge_after(queue, view)
+    return view
+
+
+def _judge_after(queue: Any, item: ReviewItemView) -> None:
+    """An answer to a disagreement may be the one the gate waits for."""
+    if item.queue == reviews.DISAGREEMENT and item.job_id:
+        ask_for_judgement(queue, item.job_id)
 
 
 @router.post("/items/{item_id}/skip", response_model=ReviewItemView)
 def skip_item(
-    store: StoreDep, item_id: ItemId, body: Annotated[ReviewSkipRequest | None, Body()] = None
+    store: StoreDep,
+    queue: QueueDep,
+    item_id: ItemId,
+    body: Annotated[ReviewSkipRequest | None, Body()] = None,
 ) -> ReviewItemView:
     """Take an item off the open list ("not now"; it may still be labeled later): 404 no
     such item, 409 labeled already. Skipping twice is harmless."""
     body = body or ReviewSkipRequest()
     with _refusals(), store.session() as session:
         item = review_answers.skip_item(session, item_id, body.via, body.annotator)
-        return ReviewItemView.model_validate(item)
+        view = ReviewItemView.model_validate(item)
+    _judge_after(queue, view)  # the last open disagreement skipped: nothing more will come
+    return view
 
 
 @router.post("/queues/uncertainty/fill", response_model=UncertaintyFillResult)
@@ -204,9 +222,13 @@ def labelstudio_config(store: StoreDep) -> Response:
     return Response(review_files.labelstudio_config(classes), media_type="application/xml")
 
 
-def _import(store: Store, queue: str, read: review_files.Answers, via: str) -> ReviewImportResult:
+def _import(
+    store: Store, queue: str, read: review_files.Answers, via: str, jobs_queue: Any
+) -> ReviewImportResult:
     with _refusals(), store.session() as session:
         done = review_answers.apply_answers(session, queue, read.answers, via)
+    if queue == reviews.DISAGREEMENT and done.labeled + done.skipped:
+        ask_for_judgement(jobs_queue, None)  # every waiting candidate: a file spans jobs
     return ReviewImportResult(
         labeled=done.labeled,
         skipped=done.skipped,
@@ -218,6 +240,7 @@ def _import(store: Store, queue: str, read: review_files.Answers, via: str) -> R
 @router.post("/queues/{queue}/import/labelstudio", response_model=ReviewImportResult)
 def import_labelstudio(
     store: StoreDep,
+    jobs_queue: QueueDep,
     queue: str,
     tasks: Annotated[Any, Body(description="A Label Studio JSON export: a list of tasks.")],
 ) -> ReviewImportResult:
@@ -229,14 +252,16 @@ def import_labelstudio(
     with _refusals():
         reviews.check_queue(queue)
         read = review_files.read_labelstudio(tasks)
-    return _import(store, queue, read, "labelstudio")
+    return _import(store, queue, read, "labelstudio", jobs_queue)
 
 
 @router.post("/queues/{queue}/import/csv", response_model=ReviewImportResult)
-def import_csv(store: StoreDep, queue: str, body: ReviewCsvImport) -> ReviewImportResult:
+def import_csv(
+    store: StoreDep, jobs_queue: QueueDep, queue: str, body: ReviewCsvImport
+) -> ReviewImportResult:
     """Answers from a CSV (`id,text,label` as exported, the label filled), all or none;
     the statuses are those of `import/labelstudio`, naming the row."""
     with _refusals():
         reviews.check_queue(queue)
         read = review_files.read_csv(body.csv)
-    return _import(store, queue, read, "csv")
+    return _import(store, queue, read, "csv", jobs_queue)

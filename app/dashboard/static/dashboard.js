@@ -92,7 +92,8 @@
     return loadFragment("jobs", query);
   }
 
-  const UNFINISHED = ["queued", "running"];
+  // A job waiting for reviews is polled too: its row changes when the gate decides.
+  const UNFINISHED = ["queued", "running", "pending_review"];
 
   // Every second: the newest job (has a new one arrived?) and each unfinished job shown, from
   // the JSON API; progress and stage are written into the table in place. The fragment, with
@@ -272,6 +273,15 @@
     await loadReview();
   }
 
+  // The review card on one queue: its button selected, its next item loaded.
+  function showQueue(queue) {
+    state.queue = queue;
+    document.querySelectorAll("[data-queue]").forEach((b) =>
+      b.classList.toggle("selected", b.dataset.queue === queue));
+    $("review-error").textContent = "";
+    if (state.admin) loadReview();
+  }
+
   // Keys answer the item shown, as in `pfp review`: 1-9 a class, s skip. Not while typing.
   function reviewKey(event) {
     if (state.admin !== true || event.ctrlKey || event.metaKey || event.altKey) return;
@@ -298,6 +308,10 @@
       if (button) activate(button.dataset.activate, button);
     });
     $("jobs").addEventListener("click", (event) => {
+      if (event.target.closest("a[data-review-job]")) {  // to the review card, its queue
+        showQueue("disagreement");
+        return;
+      }
       const row = event.target.closest("tr[data-job-id]");
       if (!row) return;
       state.selectedJob = row.dataset.jobId;
@@ -310,13 +324,7 @@
     });
     document.addEventListener("keydown", reviewKey);
     document.querySelectorAll("[data-queue]").forEach((button) => {
-      button.addEventListener("click", () => {
-        state.queue = button.dataset.queue;
-        document.querySelectorAll("[data-queue]").forEach((b) =>
-          b.classList.toggle("selected", b === button));
-        $("review-error").textContent = "";
-        if (state.admin) loadReview();
-      });
+      button.addEventListener("click", () => showQueue(button.dataset.queue));
     });
     document.querySelectorAll("[data-bucket]").forEach((button) => {
       button.addEventListener("click", () => {
