@@ -71,19 +71,24 @@ def make_formatter(log_format: str) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
-# Packages (as folders of their source files) whose INFO lines on the root logger are
-# demoted to DEBUG: (package, subpackage).
+# Packages (as folders of their source files) whose INFO and WARNING lines on the root
+# logger are demoted to DEBUG: (package, subpackage). ONNX Runtime's quantization logs a
+# line per tensor it leaves alone and advice to its own developers ("consider running
+# pre-processing"); the service records in the version's forms whether int8 was built
+# and how it scored, which is what an operator needs.
 CHATTY_PACKAGES = (("onnxruntime", "quantization"),)
+DEMOTED_LEVELS = (logging.INFO, logging.WARNING)
 
 
 class ThirdPartyChatter(logging.Filter):
-    """On the root logger: INFO records that a package of CHATTY_PACKAGES logs there
-    through `logging.info` become DEBUG records, dropped unless the root logs DEBUG. (A
-    filter on a logger sees only the records made on it: the service's own loggers, which
-    propagate to the root's handlers, never pass here.)"""
+    """On the root logger: INFO and WARNING records that a package of CHATTY_PACKAGES
+    logs there through `logging.info` or `logging.warning` become DEBUG records, dropped
+    unless the root logs DEBUG. (A filter on a logger sees only the records made on it:
+    the service's own loggers, which propagate to the root's handlers, never pass here.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or not _from_chatty_package(record.pathname):
+        demoted = record.levelno in DEMOTED_LEVELS
+        if not demoted or not _from_chatty_package(record.pathname):
             return True
         record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
         return logging.getLogger().isEnabledFor(logging.DEBUG)
