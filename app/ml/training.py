@@ -242,7 +242,8 @@ def fine_tune(
     """Model D: cross-entropy fine-tuning (in place) on gold (text, label) pairs, as
     `params.finetune` says; labels are names in the model's `config.label2id`. With `dev`
     (texts, labels) and `finetune.eval_every`, the model ends with the weights of its best
-    dev macro-F1, and the history's `selection` says which step that was."""
+    dev macro-F1, the weights it started from included (step 0), and the history's
+    `selection` says which step that was."""
     if not texts:
         raise ValueError("no gold training examples to fine-tune on")
     label2id: dict[str, int] = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
@@ -265,6 +266,16 @@ def fine_tune(
     selection = DevSelection()
     best_state: dict[str, torch.Tensor] | None = None
     since_best = 0
+    if selecting:
+        # The weights fine-tuning starts from compete too: a student that learned a
+        # stronger teacher's predictions on the pool can score better on dev than
+        # anything a few hundred gold labels then make of it (docs/ablation.md).
+        assert dev is not None
+        start = _dev_macro_f1(model, tokenizer, dev, params)
+        selection.steps.append(0)
+        selection.macro_f1.append(round(start, 5))
+        selection.best_step, selection.best_macro_f1 = 0, start
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.train()
     for step in range(total):
         batch = next(batches)

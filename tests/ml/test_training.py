@@ -138,7 +138,7 @@ def test_fine_tune_ends_on_its_best_dev_checkpoint(tiny_base: Path):
     history = fine_tune(model, tokenizer, texts, labels, config, dev=dev)
     selection = history.as_dict()["selection"]
     assert isinstance(selection, dict)
-    assert selection["steps"] == [8, 16, 24, 32, 40]
+    assert selection["steps"] == [0, 8, 16, 24, 32, 40]
     best = max(selection["macro_f1"])
     assert selection["best_step"] == selection["steps"][selection["macro_f1"].index(best)]
     # The model it returns is that checkpoint: scoring dev again gives the best score.
@@ -146,11 +146,37 @@ def test_fine_tune_ends_on_its_best_dev_checkpoint(tiny_base: Path):
     assert after["macro_f1"] == pytest.approx(best, abs=1e-4)
 
 
+def test_fine_tuning_that_only_hurts_keeps_the_weights_it_started_from(tiny_base: Path):
+    """A student that already learned the task (here: from gold, standing in for a
+    teacher's predictions) is not made worse by a few gold steps that derail it."""
+    texts, labels = _rows(240, 5)
+    dev = _rows(60, 6)
+    torch.manual_seed(0)
+    model, tokenizer = init_classifier(tiny_base, LABELS)
+    learn = job(
+        finetune={"max_steps": 60, "learning_rate": 3e-3, "eval_every": 0}, batch_size=16
+    )
+    fine_tune(model, tokenizer, texts, labels, learn)
+    before = evaluate(Classifier(model, tokenizer, LABELS, 32), *dev)["macro_f1"]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # A rate far too high on labels that contradict the task: every step makes it worse.
+    wrong = [LABELS[(LABELS.index(label) + 1) % 3] for label in labels]
+    derail = job(
+        finetune={"max_steps": 20, "learning_rate": 5e-2, "eval_every": 10, "patience": 0},
+        batch_size=16,
+    )
+    history = fine_tune(model, tokenizer, texts, wrong, derail, dev=dev)
+    selection = history.as_dict()["selection"]
+    assert isinstance(selection, dict) and selection["steps"] == [0, 10, 20]
+    assert selection["best_step"] == 0 and selection["macro_f1"][0] == pytest.approx(before)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
 def test_fine_tune_stops_after_its_patience(tiny_base: Path):
     texts, labels = _rows(120, 5)
     model, tokenizer = init_classifier(tiny_base, LABELS)
-    # A zero learning rate never improves on the first scoring: patience 2 ends the run
-    # at the third, long before its 100 steps.
+    # A zero learning rate never improves on the scoring of the start: patience 2 ends the
+    # run at the third scoring, long before its 100 steps.
     # (A job's rate is above zero: this one is set past validation.)
     config = job(finetune={"max_steps": 100, "eval_every": 5, "patience": 2}, batch_size=8)
     config.finetune.learning_rate = 0.0
@@ -160,8 +186,8 @@ def test_fine_tune_stops_after_its_patience(tiny_base: Path):
     )
     selection = history.as_dict()["selection"]
     assert isinstance(selection, dict)
-    assert selection["steps"] == [5, 10, 15] and selection["stopped_early"] is True
-    assert selection["best_step"] == 5
+    assert selection["steps"] == [0, 5, 10] and selection["stopped_early"] is True
+    assert selection["best_step"] == 0
     assert calls[-1] == 1.0  # progress still ends at 100%
 
 
