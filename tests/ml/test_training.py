@@ -153,9 +153,7 @@ def test_fine_tuning_that_only_hurts_keeps_the_weights_it_started_from(tiny_base
     dev = _rows(60, 6)
     torch.manual_seed(0)
     model, tokenizer = init_classifier(tiny_base, LABELS)
-    learn = job(
-        finetune={"max_steps": 60, "learning_rate": 3e-3, "eval_every": 0}, batch_size=16
-    )
+    learn = job(finetune={"max_steps": 60, "learning_rate": 3e-3, "eval_every": 0}, batch_size=16)
     fine_tune(model, tokenizer, texts, labels, learn)
     before = evaluate(Classifier(model, tokenizer, LABELS, 32), *dev)["macro_f1"]
     start = {k: v.clone() for k, v in model.state_dict().items()}
