@@ -85,11 +85,14 @@ class SeedRun:
         result: dict[str, Any] = {}
         if row.method is None:
             model, tokenizer, history = self._gold_only(row)
-            result["steps"] = {"finetune": _steps_run(history.as_dict())}
+            history_dict = history.as_dict()
+            result["steps"] = {"finetune": _steps_run(history_dict)}
         else:
             model, tokenizer, result = self._method(row, pool if pool is not None else self.pool)
             history_dict = result.pop("history")
             result["steps"]["finetune"] = _steps_run(history_dict)
+        # Which fine-tuning step dev kept (0: the weights fine-tuning started from).
+        result["selection"] = history_dict.get("selection")
         classifier = Classifier(
             model, tokenizer, self.data.labels, self.config.max_length, self._truncation
         )
