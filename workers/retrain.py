@@ -39,6 +39,7 @@ from app.ml.training import fine_tune, in_bf16
 from app.registry import publish, version_dir
 from app.store import jobs
 from app.store.database import Store
+from app.store.reviews import Disagreement
 from app.store.tables import utcnow
 from workers import gate, shadow, teacher
 from workers.pipeline import (
@@ -181,21 +182,9 @@ def _retrain(
         pool.summary["seconds"],
     )
     data.check_trainable(champion.labels)
-    choice = teacher.choose(params, settings, store, champion, data)
-    teacher_version = choice.version
-    if choice.encoder is not None:
-        report.plan(TEACHER_STAGES)
-        report.enter("teacher")
-        teacher_version = teacher.train_teacher(
-            job_id, params, choice.encoder, settings, store, champion, data, report
-        )
-    elif teacher_version is not None:
-        report.plan(RELABEL_STAGES)
-    if teacher_version is not None:
-        report.enter("relabeling")
-        pool = teacher.relabel(pool, teacher_version, settings, store, report)
-    taught_by = teacher.describe(choice, teacher_version)
-    log.info("job %s: taught by %s", job_id, choice.reason)
+    pool, teacher_version, taught_by = _teach(
+        job_id, params, settings, store, champion, data, pool, report
+    )
     start = (
         settings.base_model_path
         if params.pretrain.start_from == "base"
@@ -219,25 +208,8 @@ def _retrain(
         model, tokenizer, champion.labels, settings.max_length, truncation=params.truncation
     )
     scored = _score(job_id, candidate, champion, data, settings, store, report)
-    terms = gate_terms(
-        params.promotion,
-        default_margin=settings.promotion_margin,
-        relative_cost=scored.relative_cost,
-    )
-    evidence = scored.evidence
-    waits = terms.review_hours > 0
-    judged = gate.Judged(
-        gate_texts=evidence.gate_texts,
-        gate_tally=evidence.gate_tally,
-        traffic_texts=evidence.traffic_texts,
-        traffic_disagreements=len(evidence.traffic),
-        queued=min(len(evidence.traffic), settings.review_max_items) if waits else 0,
-    )
-    verdict, why = gate.first_look(terms, judged)
-    pending = verdict is not None and verdict.verdict == "pending"
-    if not pending:
-        judged = replace(judged, queued=0)
-    record = gate.gate_record(terms, judged, verdict, why, utcnow())
+    record, why, queued = _first_look(scored, params, settings)
+    pending = queued is not None
     metrics = _metrics(scored, record)
 
     report.enter("publishing")
@@ -272,8 +244,67 @@ def _retrain(
         "decision_reason": reason,
         "champion_version": champion.version,
         "candidate_version": published.version,
-        "queue": evidence.traffic[: judged.queued] if pending else None,
+        "queue": queued,
     }
+
+
+def _teach(
+    job_id: str,
+    params: JobParams,
+    settings: Settings,
+    store: Store,
+    champion: Champion,
+    data: Gold,
+    pool: Pool,
+    report: JobReporter,
+) -> tuple[Pool, int | None, dict[str, Any]]:
+    """The pool's teacher: a stronger teacher version where the job's parameters and what
+    is installed choose one (fine-tuned first when there is none yet), which then scores
+    the pool; else the serving model, whose stored predictions the pool already holds.
+    Returns the pool with its teacher's logits, that teacher's version and its lineage."""
+    choice = teacher.choose(params, settings, store, champion, data)
+    teacher_version = choice.version
+    if choice.encoder is not None:
+        report.plan(TEACHER_STAGES)
+        report.enter("teacher")
+        teacher_version = teacher.train_teacher(
+            job_id, params, choice.encoder, settings, store, champion, data, report
+        )
+    elif teacher_version is not None:
+        report.plan(RELABEL_STAGES)
+    if teacher_version is not None:
+        report.enter("relabeling")
+        pool = teacher.relabel(pool, teacher_version, settings, store, report)
+    log.info("job %s: taught by %s", job_id, choice.reason)
+    return pool, teacher_version, teacher.describe(choice, teacher_version)
+
+
+def _first_look(
+    scored: Scored, params: JobParams, settings: Settings
+) -> tuple[dict[str, Any], str, list[Disagreement] | None]:
+    """The gate's first look at the gate split and the traffic sample: its record, the
+    reason in words, and the traffic disagreements to queue for review where it cannot
+    decide yet (None once it has decided)."""
+    terms = gate_terms(
+        params.promotion,
+        default_margin=settings.promotion_margin,
+        relative_cost=scored.relative_cost,
+    )
+    evidence = scored.evidence
+    waits = terms.review_hours > 0
+    judged = gate.Judged(
+        gate_texts=evidence.gate_texts,
+        gate_tally=evidence.gate_tally,
+        traffic_texts=evidence.traffic_texts,
+        traffic_disagreements=len(evidence.traffic),
+        queued=min(len(evidence.traffic), settings.review_max_items) if waits else 0,
+    )
+    verdict, why = gate.first_look(terms, judged)
+    pending = verdict is not None and verdict.verdict == "pending"
+    if not pending:
+        judged = replace(judged, queued=0)
+    record = gate.gate_record(terms, judged, verdict, why, utcnow())
+    return record, why, evidence.traffic[: judged.queued] if pending else None
 
 
 @dataclass(frozen=True)
