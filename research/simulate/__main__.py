@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace, tiny: Path | None) -> Any:
     """The SimulateConfig the arguments ask for (ValueError if they are not valid)."""
-    from app.ml.job_params import JobParams, assignment
+    from research.cli import job_params_from
     from research.simulate.config import SimulateConfig
 
     overrides: dict[str, Any] = {}
@@ -98,8 +98,7 @@ def config_from(args: argparse.Namespace, tiny: Path | None) -> Any:
     if tiny is not None and args.base_model is None:
         overrides["base_model"] = tiny
         job_params.update(TINY_RATES)
-    job_params.update(assignment(p) for p in args.param)
-    JobParams.model_validate(job_params)
+    job_params.update(job_params_from(args.param))
     overrides["job_params"] = job_params
     config = SimulateConfig.quick(**overrides) if args.quick else SimulateConfig(**overrides)
     config.validate()
@@ -107,6 +106,7 @@ def config_from(args: argparse.Namespace, tiny: Path | None) -> Any:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from research.cli import print_written
     from research.simulate.run import run
 
     logging.basicConfig(level=logging.WARNING)
@@ -127,11 +127,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"python -m research.simulate: error: {exc}", file=sys.stderr)
             return 2
-    print((args.out / "results.md").read_text())
-    print(
-        f"Wrote {args.out}/results.json, results.md, served.png in "
-        f"{result['seconds'] / 60:.1f} min."
-    )
+    print_written(args.out, ["results.json", "results.md", "served.png"], result["seconds"])
     return 0
 
 
