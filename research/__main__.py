@@ -82,7 +82,8 @@ class BadArguments(ValueError):
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ReproConfig fields the arguments change."""
-    from app.ml.job_params import JobParams, assignment
+    from app.ml.job_params import JobParams
+    from research.cli import job_params_from
     from research.protocol import ROWS_BY_NAME, ReproConfig
 
     overrides: dict[str, Any] = {}
@@ -111,7 +112,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, flag) is not None:
             job_params[name] = getattr(args, flag)
     try:
-        job_params.update(assignment(p) for p in args.param)
+        job_params.update(job_params_from(args.param))
         JobParams.model_validate(job_params)
     except ValueError as exc:
         raise BadArguments(f"bad --param: {exc}") from exc
@@ -124,6 +125,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     import torch
 
     from app.core.progress import progress_bar
+    from research.cli import print_written
     from research.protocol import ReproConfig
     from research.repro import run
 
@@ -165,10 +167,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print((args.out / "results.md").read_text())
-    print(
-        f"Wrote {args.out}/results.json, results.md, rows.png in {result['seconds'] / 60:.1f} min."
-    )
+    print_written(args.out, ["results.json", "results.md", "rows.png"], result["seconds"])
     return 0
 
 

@@ -87,14 +87,20 @@ def run(config: ReproConfig, out_dir: Path, stage: Stage) -> dict[str, Any]:
 
 
 def write(result: dict[str, Any], out_dir: Path) -> None:
+    write_outputs(
+        out_dir,
+        {
+            "results.json": lambda p: p.write_text(json.dumps(result, indent=1) + "\n"),
+            "results.md": lambda p: p.write_text(markdown_table(result)),
+            "rows.png": lambda p: plot_rows(result, p),
+        },
+    )
+
+
+def write_outputs(out_dir: Path, outputs: dict[str, Callable[[Path], object]]) -> None:
     """Each file is written beside its final name and renamed over it: a reader never sees
     a half-written result, and an interrupted run leaves the previous one whole."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs: dict[str, Callable[[Path], object]] = {
-        "results.json": lambda p: p.write_text(json.dumps(result, indent=1) + "\n"),
-        "results.md": lambda p: p.write_text(markdown_table(result)),
-        "rows.png": lambda p: plot_rows(result, p),
-    }
     for name, produce in outputs.items():
         tmp = out_dir / f".{name}.tmp{Path(name).suffix}"
         produce(tmp)

@@ -1,0 +1,123 @@
+"""What a simulation runs: its sizes (`SimulateConfig`, `quick()` for the smoke run) and
+its arms (`ARMS`), each a way of running the service over the same rounds of traffic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.ml.job_params import JobParams, merged
+from research.protocol import EXPERIMENT_JOB
+
+# The smoke run's jobs: small batches and dev scored often, so that a model trained on a
+# hundred-odd labels for a few dozen steps keeps a checkpoint that learned something; and
+# a review plan sized to the few dozen labels of its rounds (a plan for a small gain asks
+# for thousands of labels, and computing it takes longer than the smoke run itself).
+QUICK_JOB: dict[str, Any] = {
+    "batch_size": 16,
+    "finetune": {"epochs": 8.0, "eval_every": 5, "patience": 4},
+    "promotion": {"min_gain": 0.2},
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of running the service round after round."""
+
+    name: str
+    description: str
+    retrains: bool = True
+    # Where each job's student learns from before gold fine-tuning: the serving model's
+    # stored predictions, a stronger teacher's, or nothing (gold only, as many steps).
+    pretraining: str = "serving"  # serving | stronger | none
+    # How the round's labels that teach are chosen once the gate's reviews are given:
+    # the uncertainty queue, or texts of the traffic drawn at random.
+    rest_of_budget: str = "uncertainty"  # uncertainty | random
+
+    def job_params(self) -> dict[str, Any]:
+        """The arm's own job parameters (the matched steps of a gold-only job are added
+        per job, from its pool: research/simulate/service.py)."""
+        source = "stronger" if self.pretraining == "stronger" else "serving"
+        return {"teacher.source": source}
+
+
+ARMS = [
+    Arm("loop", "the product: pre-training on the serving model's predictions, then gold"),
+    Arm(
+        "gold_only",
+        "gold-only retraining for as many steps, the same gate and queues",
+        pretraining="none",
+    ),
+    Arm(
+        "gold_random",
+        "gold_only, with the labels beyond the gate's reviews drawn at random from the traffic",
+        pretraining="none",
+        rest_of_budget="random",
+    ),
+    Arm("never", "never retrain: the first model serves throughout", retrains=False),
+    Arm(
+        "loop_teacher",
+        "the loop taught by a stronger teacher fine-tuned on gold (needs --teacher)",
+        pretraining="stronger",
+    ),
+]
+ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
+DEFAULT_ARMS = ["loop", "gold_only", "gold_random", "never"]
+
+
+@dataclass
+class SimulateConfig:
+    """Sizes of a run; the defaults are sized for about ninety minutes on a 2-core CPU
+    (docs/simulate.md says how that was estimated). `quick()` is the smoke run."""
+
+    gold_file: Path | None = None  # None: the demo airline tweets
+    base_model: Path | None = None  # None: the packaged all-MiniLM-L6-v2
+    teacher: Path | None = None  # a stronger teacher's encoder folder, for loop_teacher
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    rounds: int = 4
+    initial_labels: int = 300
+    round_texts: int = 1000
+    budget: int = 100  # labels per round, reviews and the rest together
+    test_size: int = 2000  # at most; a fifth of a small data set
+    max_length: int = 128  # the service's MAX_LENGTH default
+    data_seed: int = 13
+    keep_stores: bool = False
+    # Job parameters of every arm: the ablation's (a small labeled set is worth several
+    # passes), then the command line's; an arm's own settings still win.
+    job_defaults: dict[str, Any] = field(default_factory=lambda: dict(EXPERIMENT_JOB))
+    job_params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> SimulateConfig:
+        values: dict[str, Any] = {
+            "seeds": [1],
+            "arms": ["loop", "gold_only", "never"],
+            "rounds": 2,
+            "initial_labels": 150,
+            "round_texts": 120,
+            "budget": 24,
+            "test_size": 120,
+            "max_length": 32,
+            "job_defaults": QUICK_JOB,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def params(self, arm: Arm, seed: int) -> JobParams:
+        """The job parameters the arm's jobs run with (the body `POST /jobs` takes)."""
+        return JobParams.model_validate(
+            merged({"seed": seed}, self.job_defaults, self.job_params, arm.job_params())
+        )
+
+    def validate(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS_BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS_BY_NAME)}")
+        if "loop_teacher" in self.arms and self.teacher is None:
+            raise ValueError("the loop_teacher arm needs a stronger teacher's encoder: --teacher")
+        if min(self.rounds, self.initial_labels, self.round_texts, len(self.seeds)) < 1:
+            raise ValueError("rounds, initial labels, round texts and seeds must be positive")
+        if self.budget < 0:
+            raise ValueError("the budget must not be negative")
