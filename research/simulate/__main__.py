@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--initial-labels", type=int, help="labels of the first model (default 300)"
     )
     parser.add_argument("--round-texts", type=int, help="texts of traffic per round (default 1000)")
-    parser.add_argument("--budget", type=int, help="labels per round (default 100)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        help="labels per round (default 400: as many as the gate queues for one decision)",
+    )
     parser.add_argument(
         "--test-size", type=int, help="texts of the fixed test split (default 2000)"
     )

@@ -79,7 +79,7 @@ class SimulateConfig:
     rounds: int = 4
     initial_labels: int = 300
     round_texts: int = 1000
-    budget: int = 100  # labels per round, reviews and the rest together
+    budget: int = 400  # labels per round, reviews and the rest together
     test_size: int = 2000  # at most; a fifth of a small data set
     max_length: int = 128  # the service's MAX_LENGTH default
     data_seed: int = 13
