@@ -31,7 +31,9 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
     folder = settings.data_dir / "broker"
     for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    return "filesystem://", {
+    # The filesystem transport ignores the host, but kombu warns on every connection that
+    # names none ("No hostname was supplied"), so each job submitted printed that line.
+    return "filesystem://localhost/", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
