@@ -173,12 +173,14 @@ def model_card(
         "A text classifier made by pfp-service: the base encoder fine-tuned on gold labels.",
     )
     parent = f"v{parent_version}" if parent_version is not None else "none (the first model)"
+    is_teacher = lineage.get("kind") == "teacher" and "start_path" in lineage
     rows = [
         ("version", f"v{version}"),
         ("parent version", parent),
         ("made by", made_by),
         ("job decision", f"{decision} (whether it serves now: `GET /models`)"),
-        ("base model", f"`{settings.base_model_path}`"),
+        # A teacher is fine-tuned from its own encoder, not from the service's base model.
+        ("base model", f"`{lineage['start_path'] if is_teacher else settings.base_model_path}`"),
         ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
         ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
         ("encoder layers", str(lineage.get("layers", "as the base model"))),

@@ -86,6 +86,8 @@ def test_a_job_fine_tunes_a_teacher_once_and_learns_from_its_scores(with_teacher
     assert "it scored 48 pool texts now" in card
     teacher_card = (version_dir(settings, 2) / "README.md").read_text()
     assert "A teacher made by pfp-service" in teacher_card
+    assert f"| base model | `{settings.teacher_model}` |" in teacher_card
+    assert f"| base model | `{settings.base_model_path}` |" in card
 
     # The next job reuses the teacher and pays only for the texts it has not scored.
     _label(store, 8, seed=10)
