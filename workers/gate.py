@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,6 +35,9 @@ from app.store import jobs, reviews, versions
 from app.store.database import Store
 from app.store.reviews import DISAGREEMENT, Disagreement
 from app.store.tables import Job, ModelVersion, utcnow
+
+if TYPE_CHECKING:  # shadow scoring needs torch; beat imports this module without it
+    from workers.shadow import Evidence
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,28 @@ def first_look(terms: GateTerms, judged: Judged) -> tuple[GateVerdict | None, st
         final=terms.review_hours == 0,
     )
     return verdict, explain(judged, verdict, 0)
+
+
+def end_of_job_look(
+    terms: GateTerms, evidence: Evidence, most_queued: int, now: datetime
+) -> tuple[dict[str, Any], str, list[Disagreement] | None]:
+    """The gate's first look, at the end of the job, on the gate split and the traffic
+    sample: its record, the reason in words, and the traffic disagreements to queue for
+    review where it cannot decide yet (None once it has decided)."""
+    waits = terms.review_hours > 0
+    judged = Judged(
+        gate_texts=evidence.gate_texts,
+        gate_tally=evidence.gate_tally,
+        traffic_texts=evidence.traffic_texts,
+        traffic_disagreements=len(evidence.traffic),
+        queued=min(len(evidence.traffic), most_queued) if waits else 0,
+    )
+    verdict, why = first_look(terms, judged)
+    pending = verdict is not None and verdict.verdict == "pending"
+    if not pending:
+        judged = replace(judged, queued=0)
+    record = gate_record(terms, judged, verdict, why, now)
+    return record, why, evidence.traffic[: judged.queued] if pending else None
 
 
 def gate_record(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from app.ml.training import fine_tune, in_bf16
 from app.registry import publish, version_dir
 from app.store import jobs
 from app.store.database import Store
-from app.store.reviews import Disagreement
 from app.store.tables import utcnow
 from workers import gate, shadow, teacher
 from workers.pipeline import (
@@ -208,7 +207,14 @@ def _retrain(
         model, tokenizer, champion.labels, settings.max_length, truncation=params.truncation
     )
     scored = _score(job_id, candidate, champion, data, settings, store, report)
-    record, why, queued = _first_look(scored, params, settings)
+    terms = gate_terms(
+        params.promotion,
+        default_margin=settings.promotion_margin,
+        relative_cost=scored.relative_cost,
+    )
+    record, why, queued = gate.end_of_job_look(
+        terms, scored.evidence, settings.review_max_items, utcnow()
+    )
     pending = queued is not None
     metrics = _metrics(scored, record)
 
@@ -277,34 +283,6 @@ def _teach(
         pool = teacher.relabel(pool, teacher_version, settings, store, report)
     log.info("job %s: taught by %s", job_id, choice.reason)
     return pool, teacher_version, teacher.describe(choice, teacher_version)
-
-
-def _first_look(
-    scored: Scored, params: JobParams, settings: Settings
-) -> tuple[dict[str, Any], str, list[Disagreement] | None]:
-    """The gate's first look at the gate split and the traffic sample: its record, the
-    reason in words, and the traffic disagreements to queue for review where it cannot
-    decide yet (None once it has decided)."""
-    terms = gate_terms(
-        params.promotion,
-        default_margin=settings.promotion_margin,
-        relative_cost=scored.relative_cost,
-    )
-    evidence = scored.evidence
-    waits = terms.review_hours > 0
-    judged = gate.Judged(
-        gate_texts=evidence.gate_texts,
-        gate_tally=evidence.gate_tally,
-        traffic_texts=evidence.traffic_texts,
-        traffic_disagreements=len(evidence.traffic),
-        queued=min(len(evidence.traffic), settings.review_max_items) if waits else 0,
-    )
-    verdict, why = gate.first_look(terms, judged)
-    pending = verdict is not None and verdict.verdict == "pending"
-    if not pending:
-        judged = replace(judged, queued=0)
-    record = gate.gate_record(terms, judged, verdict, why, utcnow())
-    return record, why, evidence.traffic[: judged.queued] if pending else None
 
 
 @dataclass(frozen=True)
