@@ -16,7 +16,9 @@ import asyncio
 import re
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -193,6 +195,24 @@ class Labeler(threading.Thread):
                 self.stop.wait(self.every)
 
 
+def _run_job(
+    stack: Stack, params: Mapping[str, object], limit: float, poll: float
+) -> tuple[dict[str, Any], float]:
+    """Submit a job through the API and follow it until it ends: the job as last read and
+    the seconds from submission to its end."""
+    base = stack.url()
+    submitted = httpx.post(f"{base}/jobs", json=params, headers=admin(), timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    started = time.monotonic()
+    while True:
+        job: dict[str, Any] = httpx.get(f"{base}/jobs/{job_id}", headers=admin(), timeout=30).json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            return job, round(time.monotonic() - started, 1)
+        assert time.monotonic() - started < limit, f"job still {job}\n{stack.diagnostics()}"
+        time.sleep(poll)
+
+
 @pytest.mark.timeout(900)
 def test_a_job_runs_on_the_worker_and_the_api_hot_swaps_to_its_model(stack: Stack):
     labeler = Labeler(stack)
@@ -201,17 +221,9 @@ def test_a_job_runs_on_the_worker_and_the_api_hot_swaps_to_its_model(stack: Stac
     # tested whatever a few-step model scores.
     params = {"pretrain_max_steps": 8, "finetune_max_steps": 8, "promotion_margin": -1}
     base = stack.url()
-    submitted = httpx.post(f"{base}/jobs", json=params, headers=admin(), timeout=30)
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["id"]
-    started = time.monotonic()
-    while True:
-        job = httpx.get(f"{base}/jobs/{job_id}", headers=admin(), timeout=30).json()
-        if job["status"] in {"succeeded", "failed", "cancelled"}:
-            break
-        assert time.monotonic() - started < 600, f"job still {job}\n{stack.diagnostics()}"
-        time.sleep(1)
-    FIGURES["job, submitted to finished (s)"] = round(time.monotonic() - started, 1)
+    job, seconds = _run_job(stack, params, limit=600, poll=1)
+    job_id = job["id"]
+    FIGURES["job, submitted to finished (s)"] = seconds
     assert job["status"] == "succeeded", f"{job}\n{stack.diagnostics()}"
     assert job["promoted"] is True and job["candidate_version"] == 2, job
 
@@ -397,19 +409,9 @@ def test_a_job_in_the_worker_container_learns_from_a_stronger_teacher(stack: Sta
         "teacher.source": "stronger",
         "teacher.finetune_steps": 4,
     }
-    submitted = httpx.post(f"{base}/jobs", json=params, headers=admin(), timeout=30)
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["id"]
-    started = time.monotonic()
-    while True:
-        job = httpx.get(f"{base}/jobs/{job_id}", headers=admin(), timeout=30).json()
-        if job["status"] in {"succeeded", "failed", "cancelled"}:
-            break
-        assert time.monotonic() - started < 900, f"job still {job}\n{stack.diagnostics()}"
-        time.sleep(2)
-    FIGURES["job with a new teacher, submitted to finished (s)"] = round(
-        time.monotonic() - started, 1
-    )
+    job, seconds = _run_job(stack, params, limit=900, poll=2)
+    job_id = job["id"]
+    FIGURES["job with a new teacher, submitted to finished (s)"] = seconds
     assert job["status"] == "succeeded", f"{job}\n{stack.diagnostics()}"
     assert job["decision_reason"].startswith("taught by teacher v"), job["decision_reason"]
     teachers = httpx.get(f"{base}/models?role=teacher", headers=admin(), timeout=30).json()
