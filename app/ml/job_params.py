@@ -169,6 +169,13 @@ class FinetuneParams(Section):
     max_steps: int = Field(
         0, ge=0, description="Exact fine-tuning steps; overrides epochs (0: use epochs)."
     )
+    min_steps: int = Field(
+        100,
+        ge=0,
+        description="At least this many fine-tuning steps when epochs set the length: a "
+        "few hundred labels are a handful of steps an epoch, too few to learn more than the "
+        "commonest class (dev still picks the checkpoint; 0: no floor).",
+    )
     learning_rate: float = Field(
         5e-5,
         gt=0.0,

@@ -58,8 +58,11 @@ def total_steps(
 
 
 def finetune_steps(params: JobParams, n_examples: int) -> int:
+    """Fine-tuning steps: `max_steps` if set, else the epochs' steps but at least
+    `min_steps`."""
     stage = params.finetune
-    return total_steps(stage.epochs, stage.max_steps, 0, params.batch_size, n_examples)
+    steps = total_steps(stage.epochs, stage.max_steps, 0, params.batch_size, n_examples)
+    return steps if stage.max_steps > 0 else max(steps, stage.min_steps)
 
 
 def pretrain_steps(params: JobParams, n_texts: int) -> int:

@@ -13,10 +13,11 @@ from research.protocol import EXPERIMENT_JOB
 # The smoke run's jobs: small batches and dev scored often, so that a model trained on a
 # hundred-odd labels for a few dozen steps keeps a checkpoint that learned something; and
 # a review plan sized to the few dozen labels of its rounds (a plan for a small gain asks
-# for thousands of labels, and computing it takes longer than the smoke run itself).
+# for thousands of labels, and computing it takes longer than the smoke run itself). No
+# floor of fine-tuning steps: the smoke run checks the paths, not how good a model gets.
 QUICK_JOB: dict[str, Any] = {
     "batch_size": 16,
-    "finetune": {"epochs": 8.0, "eval_every": 5, "patience": 4},
+    "finetune": {"epochs": 8.0, "min_steps": 0, "eval_every": 5, "patience": 4},
     "promotion": {"min_gain": 0.2},
 }
 

@@ -43,6 +43,7 @@ FLAT_BEFORE_SECTIONS = {
     "pretrain_learning_rate": "pretrain.learning_rate",
     "finetune_epochs": "finetune.epochs",
     "finetune_max_steps": "finetune.max_steps",
+    "finetune_min_steps": "finetune.min_steps",  # new since: every field has a flat name
     "finetune_learning_rate": "finetune.learning_rate",
     "finetune_eval_every": "finetune.eval_every",
     "finetune_patience": "finetune.patience",
@@ -88,6 +89,7 @@ FLAT_BODY = {
     "pretrain_learning_rate": 1e-4,
     "finetune_epochs": 3.0,
     "finetune_max_steps": 9,
+    "finetune_min_steps": 11,
     "finetune_learning_rate": 2e-4,
     "finetune_eval_every": 10,
     "finetune_patience": 2,

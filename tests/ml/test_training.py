@@ -37,10 +37,19 @@ def test_metrics_by_hand():
 
 
 def test_total_steps():
-    assert finetune_steps(job(finetune_epochs=2, batch_size=10), 95) == 20
-    assert finetune_steps(job(finetune_epochs=2, batch_size=10, finetune_max_steps=3), 95) == 3
-    assert finetune_steps(job(finetune_epochs=0.5, batch_size=10), 95) == 5
-    assert finetune_steps(job(finetune_epochs=1, batch_size=10, finetune_max_steps=30), 95) == 30
+    no_floor = {"finetune_min_steps": 0, "batch_size": 10}
+    assert finetune_steps(job(finetune_epochs=2, **no_floor), 95) == 20
+    assert finetune_steps(job(finetune_epochs=2, finetune_max_steps=3, **no_floor), 95) == 3
+    assert finetune_steps(job(finetune_epochs=0.5, **no_floor), 95) == 5
+    assert finetune_steps(job(finetune_epochs=1, finetune_max_steps=30, **no_floor), 95) == 30
+
+
+def test_a_few_labels_still_get_the_floor_of_fine_tuning_steps_but_max_steps_is_exact():
+    # 300 labels at batch 32 are 10 steps an epoch: the floor lifts them; many labels
+    # are above it and unchanged; an exact max_steps is taken as given.
+    assert finetune_steps(job(finetune_epochs=1), 300) == JobParams().finetune.min_steps
+    assert finetune_steps(job(finetune_epochs=1), 10_080) == 315
+    assert finetune_steps(job(finetune_epochs=1, finetune_max_steps=7), 300) == 7
 
 
 def test_fine_tune_learns_a_learnable_task(tiny_base: Path):
