@@ -130,6 +130,7 @@ class SeedRun:
         assert row.method is not None
         overrides = {**row.method, "student_layers": row.layers(self.base_layers)}
         overrides["pretrain.max_steps"] = self.pretrain_steps
+        overrides["finetune.max_steps"] = self.finetune_steps
         params = self.config.params(self.seed, **overrides)
         texts = [t for t, _ in pool]
         logits = self.teacher_logits(pool)

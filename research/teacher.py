@@ -51,19 +51,22 @@ DEFAULT_TEACHER = Path("data/encoders/all-mpnet-base-v2")
 
 @dataclass(frozen=True)
 class StudyRow:
-    """A row: what it trains, how many passes over the pool its budget holds, and who
-    teaches it (`big`: the fine-tuned teacher encoder; `self`: the MiniLM control)."""
+    """A row: what it trains, how many passes over the pool its budget holds, who teaches
+    it (`big`: the fine-tuned teacher encoder; `self`: the MiniLM control), and how many
+    times the protocol's gold fine-tuning it runs after the pool."""
 
     row: Row
     pool_epochs: float = 1.0
     teacher: str = "big"
+    finetune_passes: float = 1.0
 
     @property
     def control(self) -> str:
         """The gold-only row of the same depth and step budget."""
         depth = "_half" if self.row.depth != 1.0 else ""
         epochs = "" if self.pool_epochs == 1.0 else f"_e{self.pool_epochs:g}"
-        return f"{CONTROL}{depth}{epochs}"
+        finetune = "" if self.finetune_passes == 1.0 else f"_ft{self.finetune_passes:g}"
+        return f"{CONTROL}{depth}{epochs}{finetune}"
 
 
 T2 = {"pretrain.temperature": 2.0}
@@ -84,6 +87,16 @@ STUDY_ROWS = [
             method=KD | {"pretrain.learning_rate": 1e-4},
         ),
         3.0,
+    ),
+    # After one pass over the pool the taught student's gold fine-tuning was still
+    # improving at its last step: the same with three times the gold fine-tuning.
+    StudyRow(
+        Row("control_ft3", "gold only, MiniLM-L6, the 1-pass budget + 3x fine-tuning"),
+        finetune_passes=3.0,
+    ),
+    StudyRow(
+        Row("kd_big_ft3", "the big teacher, 1 pass, then 3x the gold fine-tuning", method=KD),
+        finetune_passes=3.0,
     ),
     StudyRow(Row("kd_big_half", "the big teacher, 3 layers, 1 pass", depth=0.5, method=KD)),
     StudyRow(
@@ -180,7 +193,7 @@ def run_seed(
     done: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
     done_rows: dict[str, Any] = done.get("rows", {})
     run = SeedRun(config, data, args.base_model, seed, size, _stage)
-    one_pass = run.pretrain_steps
+    one_pass, one_finetune = run.pretrain_steps, run.finetune_steps
     wanted = [r for r in args.rows if r not in done_rows]
     if not wanted and "teacher" in done:
         log.info("%s: every row is done", out_path.name)
@@ -209,13 +222,18 @@ def run_seed(
             continue
         spec = ROWS[name]
         run.pretrain_steps = math.ceil(one_pass * spec.pool_epochs)
+        run.finetune_steps = math.ceil(one_finetune * spec.finetune_passes)
         run.logits = dict(self_logits) if spec.teacher == "self" else dict(big_logits)
         run.run_row(spec.row)
-        record["rows"][name] = {**run.results[name], "pool_epochs": spec.pool_epochs}
+        record["rows"][name] = {
+            **run.results[name],
+            "pool_epochs": spec.pool_epochs,
+            "finetune_passes": spec.finetune_passes,
+        }
         if spec.teacher == "self":
             self_logits = dict(run.logits)
         _write(out_path, record)
-    run.pretrain_steps = one_pass
+    run.pretrain_steps, run.finetune_steps = one_pass, one_finetune
     _write(out_path, record)
 
 
