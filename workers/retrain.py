@@ -184,6 +184,9 @@ def _retrain(
     pool, teacher_version, taught_by = _teach(
         job_id, params, settings, store, champion, data, pool, report
     )
+    if teacher_version is not None:
+        params = teacher.student_params(params)
+        taught_by["pool_passes"] = params.teacher.pool_passes
     start = (
         settings.base_model_path
         if params.pretrain.start_from == "base"

@@ -14,6 +14,7 @@ for the texts it has not scored yet.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -224,6 +225,18 @@ def _teacher_scorer(version: int, settings: Settings, sample: list[str]) -> Serv
         raise JobError(f"teacher version v{version} has no folder under {settings.models_path}")
     worker = settings.model_copy(update={"api_processes": 1, "torch_threads": 0})
     return VersionLoader(worker, lambda: sample)(version)
+
+
+def student_params(params: JobParams) -> JobParams:
+    """The job's parameters for a student a stronger teacher teaches: `teacher.pool_passes`
+    times the passes over the pool and the step budget of pre-training."""
+    passes = params.teacher.pool_passes
+    return params.updated(
+        {
+            "pretrain.epochs": params.pretrain.epochs * passes,
+            "pretrain.step_budget": math.ceil(params.pretrain.step_budget * passes),
+        }
+    )
 
 
 def describe(choice: TeacherChoice, version: int | None) -> dict[str, Any]:

@@ -301,6 +301,15 @@ class TeacherParams(Section):
         description="Fine-tune a new teacher once gold train has grown by this share since "
         "the newest one was trained (0: keep the newest).",
     )
+    pool_passes: float = Field(
+        3.0,
+        ge=1.0,
+        le=20.0,
+        description="Where a stronger teacher teaches, its student's pre-training runs this "
+        "many times the passes over the pool, and the step budget, that pretrain.* set "
+        "(pretrain.max_steps, where set, is kept exact): a student catching up with a "
+        "bigger model needs more steps than one matching the serving model (docs/teacher.md).",
+    )
 
 
 class JobParams(BaseModel):

@@ -109,6 +109,8 @@ def _teacher_rows(lineage: dict[str, Any]) -> list[tuple[str, str]]:
             f"; it scored {scored.get('scored_now')} pool texts now ({scored.get('form')}) "
             f"and {scored.get('from_cache')} from its kept scores"
         )
+    if isinstance(taught.get("pool_passes"), int | float):
+        shown += f"; the student took {taught['pool_passes']:g}x the passes over the pool"
     return [("taught by", shown)]
 
 

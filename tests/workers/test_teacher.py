@@ -101,6 +101,26 @@ def test_a_job_fine_tunes_a_teacher_once_and_learns_from_its_scores(with_teacher
         assert teacher_scores.count(s, 2) == 56
 
 
+def test_a_student_of_the_stronger_teacher_takes_more_passes_over_its_pool(with_teacher):
+    settings, store = with_teacher
+    # 2 steps cover 32 texts at batch 16: the pool; its student takes 3 passes, 6 steps.
+    by_epochs = {"pretrain_max_steps": 0, "pretrain.epochs": 1, "pretrain.step_budget": 2}
+    job = _run(store, settings, **by_epochs)
+    assert job.status == "succeeded", job.error
+    assert job.history["pretraining"]["step"][-1] + 1 == 6
+    with store.session() as s:
+        lineage = versions.get_version(s, job.candidate_version).lineage
+    assert lineage["pool_texts"] == 32
+    assert lineage["taught_by"]["pool_passes"] == 3.0
+    assert lineage["params"]["pretrain"]["epochs"] == 3.0
+    card = (version_dir(settings, job.candidate_version) / "README.md").read_text()
+    assert "the student took 3x the passes over the pool" in card
+    # The serving model as teacher: one pass, as pretrain.* say.
+    served = _run(store, settings, **by_epochs, **{"teacher.source": "serving"})
+    assert served.status == "succeeded", served.error
+    assert served.history["pretraining"]["step"][-1] + 1 == 2
+
+
 def test_the_teacher_scores_are_its_own_logits_not_the_stored_ones(with_teacher):
     settings, store = with_teacher
     job = _run(store, settings)
