@@ -184,8 +184,11 @@ def _retrain(
     pool, teacher_version, taught_by = _teach(
         job_id, params, settings, store, champion, data, pool, report
     )
+    # A stronger teacher's student takes more passes over the pool; the lineage keeps the
+    # parameters as submitted, and `taught_by` says how many passes.
+    pretraining = params
     if teacher_version is not None:
-        params = teacher.student_params(params)
+        pretraining = teacher.student_params(params)
         taught_by["pool_passes"] = params.teacher.pool_passes
     start = (
         settings.base_model_path
@@ -195,7 +198,7 @@ def _retrain(
 
     report.enter("pretraining")
     model, tokenizer, history = pretrain_on_predictions(
-        start, champion.labels, pool.texts, pool.logits, params, report
+        start, champion.labels, pool.texts, pool.logits, pretraining, report
     )
     _save_history(store, job_id, "pretraining", history.as_dict())
 

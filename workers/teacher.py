@@ -231,9 +231,11 @@ def student_params(params: JobParams) -> JobParams:
     """The job's parameters for a student a stronger teacher teaches: `teacher.pool_passes`
     times the passes over the pool and the step budget of pre-training."""
     passes = params.teacher.pool_passes
+    most = type(params.pretrain).model_fields["epochs"].metadata  # the field's own bound
+    ceiling = next(float(m.le) for m in most if getattr(m, "le", None) is not None)
     return params.updated(
         {
-            "pretrain.epochs": params.pretrain.epochs * passes,
+            "pretrain.epochs": min(ceiling, params.pretrain.epochs * passes),
             "pretrain.step_budget": math.ceil(params.pretrain.step_budget * passes),
         }
     )

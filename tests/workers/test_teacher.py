@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from app.core.config import Settings
+from app.ml.job_params import JobParams
 from app.registry import version_dir
 from app.store import gold, jobs, pseudo_labels, teacher_scores, versions
 from app.store.database import Store
 from app.store.pseudo_labels import Prediction
 from tests.conftest import make_settings, synthetic_texts
 from workers.retrain import run_retrain_job
+from workers.teacher import student_params
 
 SMALL = {
     "pretrain_max_steps": 3,
@@ -112,13 +114,20 @@ def test_a_student_of_the_stronger_teacher_takes_more_passes_over_its_pool(with_
         lineage = versions.get_version(s, job.candidate_version).lineage
     assert lineage["pool_texts"] == 32
     assert lineage["taught_by"]["pool_passes"] == 3.0
-    assert lineage["params"]["pretrain"]["epochs"] == 3.0
+    assert lineage["params"]["pretrain"]["epochs"] == 1.0  # as submitted
     card = (version_dir(settings, job.candidate_version) / "README.md").read_text()
     assert "the student took 3x the passes over the pool" in card
     # The serving model as teacher: one pass, as pretrain.* say.
     served = _run(store, settings, **by_epochs, **{"teacher.source": "serving"})
     assert served.status == "succeeded", served.error
     assert served.history["pretraining"]["step"][-1] + 1 == 2
+
+
+def test_more_passes_never_take_pretraining_past_its_bounds():
+    params = JobParams.model_validate({"pretrain.epochs": 50, "teacher.pool_passes": 20})
+    assert student_params(params).pretrain.epochs == 100.0  # pretrain.epochs' own bound
+    default = student_params(JobParams())
+    assert (default.pretrain.epochs, default.pretrain.step_budget) == (3.0, 1200)
 
 
 def test_the_teacher_scores_are_its_own_logits_not_the_stored_ones(with_teacher):
