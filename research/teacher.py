@@ -98,6 +98,18 @@ STUDY_ROWS = [
         Row("kd_big_ft3", "the big teacher, 1 pass, then 3x the gold fine-tuning", method=KD),
         finetune_passes=3.0,
     ),
+    # A class the teacher never predicts reaches the student only through gold fine-tuning:
+    # three passes over the pool, then three times the gold fine-tuning.
+    StudyRow(
+        Row("control_e3_ft3", "gold only, MiniLM-L6, the 3-pass budget + 3x fine-tuning"),
+        3.0,
+        finetune_passes=3.0,
+    ),
+    StudyRow(
+        Row("kd_big_e3_ft3", "the big teacher, 3 passes, then 3x the gold fine-tuning", method=KD),
+        3.0,
+        finetune_passes=3.0,
+    ),
     StudyRow(Row("kd_big_half", "the big teacher, 3 layers, 1 pass", depth=0.5, method=KD)),
     StudyRow(
         Row("kd_big_half_e3", "the big teacher, 3 layers, 3 passes", depth=0.5, method=KD), 3.0
