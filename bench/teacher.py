@@ -9,8 +9,10 @@ measured, with its forms built as publishing builds them, every layout, as part 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+from app.core.config import Settings
 from app.ml.modeling import init_classifier, save_classifier
 from app.ml.serving_forms import Form, build_forms
 from app.ml.training import cpu_has_fast_bf16
@@ -20,15 +22,24 @@ from bench.layouts import measure_layouts
 from bench.tiny import build_tiny_mpnet
 
 
+def installed_teacher(bench_settings: Settings) -> Path | None:
+    """The teacher encoder to measure: the benchmark service's own (TEACHER_MODEL, or its
+    separate DATA_DIR), else where `make teacher` installed it for the service."""
+    places = [bench_settings.teacher_model_path, Settings().teacher_model_path]
+    return next((p for p in places if (p / "config.json").is_file()), None)
+
+
 def teacher(bench: Bench) -> dict[str, Any]:
     """Texts/s of the teacher's forms at the machine's best layout and batch."""
     if bench.quick:
         encoder = build_tiny_mpnet(bench.out / "tiny-mpnet")
     else:
-        encoder = bench.settings.teacher_model_path
-        if not (encoder / "config.json").is_file():
+        found = installed_teacher(bench.settings)
+        if found is None:
             log("8. teacher: no teacher encoder installed (make teacher): skipped")
-            return {"unavailable": f"no teacher encoder in {encoder} (make teacher)"}
+            where = Settings().teacher_model_path
+            return {"unavailable": f"no teacher encoder in {where} (make teacher)"}
+        encoder = found
     folder = bench.out / "teacher-model"
     labels = sorted({g.label for g in bench.gold})
     if not (folder / "model.onnx").is_file():

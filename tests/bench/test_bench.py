@@ -118,3 +118,17 @@ def test_gpu_script_dry_run_on_the_cpu_and_refusal_without_cuda(tmp_path: Path, 
     if not torch.cuda.is_available():
         refused = subprocess.run(args, cwd=ROOT, env=service_env(), capture_output=True, text=True)
         assert refused.returncode == 2 and "no CUDA device" in refused.stderr
+
+
+def test_the_bench_finds_the_teacher_where_make_teacher_put_it(tmp_path: Path, monkeypatch):
+    from app.core.config import Settings
+    from bench.teacher import installed_teacher
+
+    bench_settings = Settings(data_dir=tmp_path / "bench-results" / "data")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("TEACHER_MODEL", raising=False)
+    assert installed_teacher(bench_settings) is None
+    installed = tmp_path / "data" / "encoders" / "all-mpnet-base-v2"
+    installed.mkdir(parents=True)
+    (installed / "config.json").write_text("{}")
+    assert installed_teacher(bench_settings) == installed
