@@ -3,7 +3,9 @@ its arms (`ARMS`), each a way of running the service over the same rounds of tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,24 @@ class SimulateConfig:
         return JobParams.model_validate(
             merged({"seed": seed}, self.job_defaults, self.job_params, arm.job_params())
         )
+
+    def matched_arm(self) -> str:
+        """The arm whose training steps each gold-only job is given: the taught loop where
+        it runs (its student takes `teacher.pool_passes` times the pre-training steps, so a
+        gold-only rival matched to the plain loop would get a third of its compute), else
+        the loop."""
+        return "loop_teacher" if "loop_teacher" in self.arms else "loop"
+
+    def fingerprint(self) -> str:
+        """What makes one arm's record of a seed comparable with another run's: everything
+        but which seeds and arms run and where the stores are kept (and the rival the
+        gold-only arms are matched to)."""
+        values = asdict(self)
+        for name in ("seeds", "arms", "keep_stores"):
+            values.pop(name)
+        values["matched_arm"] = self.matched_arm()
+        text = json.dumps(values, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS_BY_NAME]

@@ -164,7 +164,9 @@ def run_arm(
         return record
     seen: list[str] = []
     rng = random.Random(f"{seed}:{arm.name}")
-    with Service(settings, gold_only=arm.pretraining == "none") as service:
+    gold_only = arm.pretraining == "none"
+    match_taught = gold_only and config.matched_arm() == "loop_teacher"
+    with Service(settings, gold_only, match_taught) as service:
         service.wait_for_swap()
         for number, texts in enumerate(seed_data.rounds, 1):
             progress(f"seed {seed} · {arm.name} · round {number}/{config.rounds}")

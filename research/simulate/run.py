@@ -5,6 +5,7 @@ results.json, results.md and served.png."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -35,13 +36,14 @@ def run(config: SimulateConfig, out_dir: Path, progress: Progress) -> dict[str, 
     if config.keep_stores:
         root = out_dir / "stores"
         shutil.rmtree(root, ignore_errors=True)
-        runs = _every_seed(config, data, root, progress)
+        runs = _every_seed(config, data, root, out_dir, progress)
     else:
         with tempfile.TemporaryDirectory(prefix="pfp-simulate-") as tmp:
-            runs = _every_seed(config, data, Path(tmp), progress)
+            runs = _every_seed(config, data, Path(tmp), out_dir, progress)
     result: dict[str, Any] = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "arms": {name: asdict(ARMS_BY_NAME[name]) for name in config.arms},
+        "gold_steps_matched_to": config.matched_arm(),
         "job": config.params(ARMS_BY_NAME["loop"], 0).model_dump(exclude={"seed"}),
         "data": {
             "source": data.source,
@@ -70,25 +72,103 @@ def run(config: SimulateConfig, out_dir: Path, progress: Progress) -> dict[str, 
 
 
 def _every_seed(
-    config: SimulateConfig, data: SimData, root: Path, progress: Progress
+    config: SimulateConfig, data: SimData, root: Path, out_dir: Path, progress: Progress
 ) -> list[dict[str, Any]]:
     runs = []
+    kept = KeptRuns(out_dir / "runs", config)
     for seed in config.seeds:
         seed_data = for_seed(data, config, seed)
         template = data_dir_for(root, seed, "first-model")
-        progress(f"seed {seed} · the first model")
-        make_template(_settings(config, seed, template), seed_data, data.test)
+        made = False
         for name in config.arms:
             arm = ARMS_BY_NAME[name]
+            earlier = kept.load(seed, name)
+            if earlier is not None:
+                progress(f"seed {seed} · {name}: kept from {kept.path(seed, name)}")
+                runs.append(earlier)
+                continue
+            if not kept.claim(seed, name):
+                progress(f"seed {seed} · {name}: another process is running it; left to it")
+                continue
+            if not made:
+                progress(f"seed {seed} · the first model")
+                make_template(_settings(config, seed, template), seed_data, data.test)
+                made = True
             # An arm that never retrains only reads the first model's store.
             folder = data_dir_for(root, seed, name) if arm.retrains else template
             if arm.retrains:
                 copy_template(template, folder)
             settings = _settings(config, seed, folder)
             runs.append(run_arm(config, arm, seed, seed_data, settings, data.test, progress))
+            kept.save(runs[-1])
+            kept.release(seed, name)
             if arm.retrains and not config.keep_stores:
                 shutil.rmtree(folder)  # its model folders: a few hundred MB per arm
     return runs
+
+
+class KeptRuns:
+    """Each arm's record of a seed, written under `OUT/runs/` as soon as it is done: an
+    interrupted run resumes where it stopped, and processes given the same `--out` share
+    the work: each claims an arm of a seed before running it, and leaves to the others
+    what they have claimed (a last run over every seed then only reads and summarizes).
+    A record is reused only if it was made with the same sizes, data and job parameters
+    (`SimulateConfig.fingerprint`)."""
+
+    def __init__(self, folder: Path, config: SimulateConfig) -> None:
+        self.folder = folder
+        self.fingerprint = config.fingerprint()
+
+    def path(self, seed: int, arm: str) -> Path:
+        return self.folder / f"seed{seed}-{arm}.json"
+
+    def load(self, seed: int, arm: str) -> dict[str, Any] | None:
+        path = self.path(seed, arm)
+        if not path.is_file():
+            return None
+        kept = json.loads(path.read_text())
+        if kept.get("fingerprint") != self.fingerprint:
+            return None  # made with other settings: run again, and replace it
+        record: dict[str, Any] = kept["record"]
+        return record
+
+    def claim(self, seed: int, arm: str) -> bool:
+        """True if this process may run `arm` of `seed`: nobody else alive has claimed it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        marker = self.path(seed, arm).with_suffix(".claimed")
+        while True:
+            try:
+                with marker.open("x") as file:
+                    file.write(str(os.getpid()))
+                return True
+            except FileExistsError:
+                try:
+                    owner = int(marker.read_text() or 0)
+                except (FileNotFoundError, ValueError):
+                    owner = 0
+                if owner and _alive(owner):
+                    return False
+                marker.unlink(missing_ok=True)  # its process is gone: take it over
+
+    def release(self, seed: int, arm: str) -> None:
+        self.path(seed, arm).with_suffix(".claimed").unlink(missing_ok=True)
+
+    def save(self, record: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(record["seed"], record["arm"])
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "record": record}, indent=1))
+        tmp.replace(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _settings(config: SimulateConfig, seed: int, data_dir: Path) -> Settings:

@@ -32,6 +32,7 @@ from workers.bootstrap import bootstrap_first_model
 from workers.gate import judge_pending
 from workers.pipeline import current_champion, gather_pool, load_gold
 from workers.retrain import run_retrain_job
+from workers.teacher import student_params
 
 ADMIN_KEY = "simulate-admin-key"
 # The most texts one /label/batch request may carry (the MAX_BATCH_TEXTS setting's default).
@@ -121,11 +122,14 @@ class TaskQueue:
 class Service:
     """One arm's service over one seed. Use as a context manager."""
 
-    def __init__(self, settings: Settings, gold_only: bool) -> None:
+    def __init__(self, settings: Settings, gold_only: bool, match_taught: bool = False) -> None:
+        """`gold_only`: jobs pre-train nothing and fine-tune for the steps a job would take
+        in all; `match_taught`: those of a job a stronger teacher teaches."""
         from app.main import create_app
 
         self.settings = settings
         self.gold_only = gold_only
+        self.match_taught = match_taught
         self.queue = TaskQueue()
         # A second connection to the store, as a worker process holds.
         self.worker_store = Store(settings.store_url)
@@ -170,7 +174,9 @@ class Service:
 
     def matched_finetune_steps(self, params: JobParams) -> int:
         """The steps a job with `params` would take in all, pre-training on the pool it
-        would gather now and fine-tuning on gold train: what a gold-only job is given."""
+        would gather now and fine-tuning on gold train: what a gold-only job is given.
+        Matched to a taught job, its pre-training takes the passes a stronger teacher's
+        student takes (its pool is gathered as any job's: workers/retrain.py)."""
         store = self.worker_store
         champion = current_champion(store)
         assert champion is not None
@@ -178,7 +184,8 @@ class Service:
             upto = pseudo_labels.max_id(session)
         pool = gather_pool(store, champion.labels, upto, PoolPolicy.for_job(params))
         train = len(load_gold(store).train[0])
-        return pretrain_steps(params, len(pool.texts)) + finetune_steps(params, train)
+        pretraining = student_params(params) if self.match_taught else params
+        return pretrain_steps(pretraining, len(pool.texts)) + finetune_steps(params, train)
 
     def run_tasks(self) -> None:
         """Run what the API asked the workers for, in order, as a worker would."""

@@ -12,6 +12,8 @@ from research.stats import paired
 # A candidate this much better than its champion in test macro-F1 is one the gate should
 # publish: the share it published is the gate's power as measured.
 BETTER = 0.01
+# The gate's decisions of every arm together.
+ALL = "all"
 # Pairs of arms compared at the last round (each against the second), where both ran.
 COMPARISONS = [
     ("loop", "never"),
@@ -19,6 +21,7 @@ COMPARISONS = [
     ("gold_random", "never"),
     ("loop_teacher", "never"),
     ("loop", "gold_only"),
+    ("loop_teacher", "gold_only"),
     ("gold_only", "gold_random"),
     ("loop_teacher", "loop"),
 ]
@@ -80,10 +83,11 @@ def _share(hits: int, of: int) -> float | None:
 def gate_decisions(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
     """Per arm: how many candidates, how many published; of those truly better by BETTER
     on test, the share published (power); of those not better, the share published (false
-    publishes); labels the gate's reviews took per decision; the worst published change."""
+    publishes); labels the gate's reviews took per decision; the worst published change.
+    `all` pools every arm's decisions: the gate is one rule, whatever made the candidate."""
     out: dict[str, Any] = {}
-    for arm in arms:
-        decisions = [d for r in runs if r["arm"] == arm for d in r["decisions"]]
+    for arm in [*arms, ALL]:
+        decisions = [d for r in runs if arm in (ALL, r["arm"]) for d in r["decisions"]]
         if not decisions:
             continue
         published = [d for d in decisions if d["published"]]

@@ -7,17 +7,22 @@ never entered what trains, selects or gates."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from app.core.config import Settings
 from app.store import gold, versions
 from app.store.database import Store
 from app.store.tables import PseudoLabel
 from research.simulate.__main__ import main
-from research.simulate.config import SimulateConfig
+from research.simulate.config import ARMS_BY_NAME, SimulateConfig
 from research.simulate.data import load
+from research.simulate.run import KeptRuns
+from research.simulate.service import Service
 from tests.conftest import write_gold_file
 
 ARMS = ["loop", "gold_only", "gold_random", "never", "loop_teacher"]
@@ -115,10 +120,12 @@ def test_gate_decisions_carry_the_candidates_true_test_difference(simulated):
         finally:
             store.dispose()
     gate = result["summary"]["gate"]
-    assert set(gate) == {"loop", "gold_only", "gold_random", "loop_teacher"}
-    for entry in gate.values():
-        assert entry["candidates"] == 2
+    assert set(gate) == {"loop", "gold_only", "gold_random", "loop_teacher", "all"}
+    for arm, entry in gate.items():
+        assert entry["candidates"] == (8 if arm == "all" else 2)
         assert entry["better"] + entry["not_better"] <= entry["candidates"]
+    pooled = gate["all"]
+    assert pooled["published"] == sum(g["published"] for a, g in gate.items() if a != "all")
 
 
 def test_labels_stay_within_the_budget_of_each_round(simulated):
@@ -166,3 +173,64 @@ def test_the_test_split_never_enters_what_trains_selects_or_gates(simulated):
             assert run["audit"]["test_texts_in_train_dev_gate"] == 0
             assert run["audit"]["test_texts_stored_as_traffic"] == 0
             assert run["audit"]["test_texts_in_gold_test"] == len(test)
+
+
+def test_gold_only_jobs_get_the_steps_of_the_taught_loop_they_are_compared_with(simulated):
+    result, out, gold_file = simulated
+    assert result["gold_steps_matched_to"] == "loop_teacher"
+    settings = Settings(
+        data_dir=out / "stores" / "seed1" / "gold_only", database_url="", redis_url=""
+    )
+    service = Service(settings, gold_only=True, match_taught=True)
+    plain = Service(settings, gold_only=True, match_taught=False)
+    try:
+        params = SimulateConfig.quick(gold_file=gold_file).params(ARMS_BY_NAME["gold_only"], 1)
+        taught, untaught = (
+            service.matched_finetune_steps(params),
+            plain.matched_finetune_steps(params),
+        )
+    finally:
+        service.worker_store.dispose()
+        plain.worker_store.dispose()
+    # The taught student pre-trains `pool_passes` times as long; fine-tuning is the same.
+    assert taught > untaught
+    assert SimulateConfig.quick(arms=["loop", "gold_only"]).matched_arm() == "loop"
+
+
+def test_a_second_run_into_the_same_folder_reuses_every_arm_and_summarizes_the_same(
+    simulated, tmp_path, tiny_base, tiny_teacher, capsys
+):
+    result, out, gold_file = simulated
+    again = tmp_path / "again"
+    shutil.copytree(out / "runs", again / "runs")
+    # The same sizes, data and models, without --keep-stores (not part of what is compared).
+    argv = ["--quick", "--gold-file", str(gold_file), "--arms", ",".join(ARMS)]
+    argv += ["--base-model", str(tiny_base), "--teacher", str(tiny_teacher)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_status:
+        main([*argv, "--out", str(again), *FAST])
+    assert exit_status.value.code == 0
+    progress = capsys.readouterr().err
+    assert "the first model" not in progress  # nothing ran again
+    for arm in ARMS:
+        assert f"seed 1 · {arm}: kept from" in progress
+    rerun = json.loads((again / "results.json").read_text())
+    assert rerun["runs"] == result["runs"]
+    assert rerun["summary"] == result["summary"]
+
+
+def test_other_sizes_run_again_and_a_live_claim_is_left_to_its_process(tmp_path):
+    config = SimulateConfig.quick()
+    kept = KeptRuns(tmp_path, config)
+    record = {"seed": 1, "arm": "never", "rounds": [], "decisions": []}
+    kept.save(record)
+    assert kept.load(1, "never") == record
+    assert KeptRuns(tmp_path, SimulateConfig.quick(rounds=3)).load(1, "never") is None
+    with subprocess.Popen(["sleep", "30"]) as other:
+        kept.path(1, "loop").with_suffix(".claimed").write_text(str(other.pid))
+        assert not kept.claim(1, "loop")
+        other.kill()
+    other.wait()
+    assert kept.claim(1, "loop")  # its process is gone: taken over
+    kept.release(1, "loop")
+    assert not kept.path(1, "loop").with_suffix(".claimed").exists()
