@@ -132,6 +132,17 @@ class SimulateConfig:
         text = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> SimulateConfig:
+        paths = ("gold_file", "base_model", "teacher")
+        given: dict[str, Any] = {
+            k: Path(v) if k in paths and v is not None else v for k, v in values.items()
+        }
+        return cls(**given)
+
     def validate(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS_BY_NAME]
         if unknown:

@@ -4,13 +4,16 @@ results.json, results.md and served.png."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,13 @@ from research.simulate.service import copy_template, make_template, service_sett
 from research.simulate.summary import summarize
 
 
-def run(config: SimulateConfig, out_dir: Path, progress: Progress) -> dict[str, Any]:
+def run(
+    config: SimulateConfig, out_dir: Path, progress: Progress, outputs: bool = True
+) -> dict[str, Any]:
     """The whole simulation; writes its outputs into `out_dir` and returns what it wrote
     to results.json. The stores live in a temporary folder, or under `out_dir/stores`
-    with `keep_stores`."""
+    with `keep_stores`. Without `outputs`, only each arm's record (`KeptRuns`): what one
+    of several processes sharing the work writes."""
     config.validate()
     started = time.monotonic()
     data = load(config)
@@ -40,8 +46,10 @@ def run(config: SimulateConfig, out_dir: Path, progress: Progress) -> dict[str, 
     else:
         with tempfile.TemporaryDirectory(prefix="pfp-simulate-") as tmp:
             runs = _every_seed(config, data, Path(tmp), out_dir, progress)
+    if not outputs:
+        return {"runs": runs}
     result: dict[str, Any] = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": config.to_json(),
         "arms": {name: asdict(ARMS_BY_NAME[name]) for name in config.arms},
         "gold_steps_matched_to": config.matched_arm(),
         "job": config.params(ARMS_BY_NAME["loop"], 0).model_dump(exclude={"seed"}),
@@ -100,6 +108,7 @@ def _every_seed(
                 copy_template(template, folder)
             settings = _settings(config, seed, folder)
             runs.append(run_arm(config, arm, seed, seed_data, settings, data.test, progress))
+            runs[-1]["process"] = os.getpid()
             kept.save(runs[-1])
             kept.release(seed, name)
             if arm.retrains and not config.keep_stores:
@@ -159,6 +168,46 @@ class KeptRuns:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "record": record}, indent=1))
         tmp.replace(path)
+
+
+def run_in_processes(
+    config: SimulateConfig, out_dir: Path, processes: int, progress: Progress
+) -> dict[str, Any]:
+    """The simulation with its seeds and arms shared by `processes` processes, each on its
+    own share of the cores (one each on a 2-core machine: a small encoder's training and
+    scoring keep one thread busy better than two, as serving's processes do), then the
+    outputs from every kept record. The processes start from different seeds and take the
+    arms in different orders, so that they rarely wait on each other's claims."""
+    config.validate()
+    if config.keep_stores:
+        raise ValueError("--keep-stores needs one process: the processes' stores would clash")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    count = max(1, min(processes, len(cores) or processes))
+    children = []
+    with tempfile.TemporaryDirectory(prefix="pfp-simulate-processes-") as tmp:
+        for index in range(count):
+            turn = index * len(config.seeds) // count
+            part = replace(
+                config,
+                seeds=config.seeds[turn:] + config.seeds[:turn],
+                arms=config.arms if index % 2 == 0 else config.arms[::-1],
+            )
+            spec = Path(tmp) / f"process{index}.json"
+            spec.write_text(json.dumps(part.to_json()))
+            share = set(cores[index::count])
+            env = {**os.environ, "OMP_NUM_THREADS": str(len(share) or 1)}
+            command = [sys.executable, "-m", "research.simulate", "--out", str(out_dir)]
+            children.append(
+                subprocess.Popen(
+                    [*command, "--process-config", str(spec)],
+                    env=env,
+                    preexec_fn=functools.partial(os.sched_setaffinity, 0, share) if share else None,
+                )
+            )
+        failed = [child.args for child in children if child.wait() != 0]
+    if failed:
+        progress(f"{len(failed)} of {count} processes failed; what they left runs here")
+    return run(config, out_dir, progress)
 
 
 def _alive(pid: int) -> bool:

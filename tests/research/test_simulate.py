@@ -7,6 +7,7 @@ never entered what trains, selects or gates."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -234,3 +235,20 @@ def test_other_sizes_run_again_and_a_live_claim_is_left_to_its_process(tmp_path)
     assert kept.claim(1, "loop")  # its process is gone: taken over
     kept.release(1, "loop")
     assert not kept.path(1, "loop").with_suffix(".claimed").exists()
+
+
+def test_two_processes_share_the_arms_and_the_outputs_cover_them_all(tmp_path, tiny_base, capsys):
+    gold_file = write_gold_file(tmp_path / "gold.jsonl", n=600)
+    out = tmp_path / "out"
+    arms = ["gold_only", "gold_random", "never"]
+    argv = ["--quick", "--gold-file", str(gold_file), "--base-model", str(tiny_base)]
+    with pytest.raises(SystemExit) as exit_status:
+        main([*argv, "--arms", ",".join(arms), "--processes", "2", "--out", str(out), *FAST])
+    assert exit_status.value.code == 0
+    result = json.loads((out / "results.json").read_text())
+    assert sorted(r["arm"] for r in result["runs"]) == sorted(arms)
+    # Both processes ran arms; the last pass only read what they kept.
+    assert len({r["process"] for r in result["runs"]}) == 2
+    assert os.getpid() not in {r["process"] for r in result["runs"]}
+    assert not list((out / "runs").glob("*.claimed"))
+    assert set(result["summary"]["served"]) == set(arms)
