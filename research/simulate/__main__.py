@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", help="comma-separated seeds (default 1,2,3)")
     parser.add_argument(
-        "--arms", help="comma-separated arms (default loop,gold_only,gold_random,never)"
+        "--arms",
+        help="comma-separated arms (default loop_teacher,gold_only,gold_random,never where a "
+        "teacher is given or installed, else loop,gold_only,gold_random,never)",
     )
     parser.add_argument("--rounds", type=int, help="rounds of traffic (default 4)")
     parser.add_argument(
@@ -67,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, help="the service's MAX_LENGTH (default 128)")
     parser.add_argument("--base-model", type=Path, help="encoder folder (default: MiniLM-L6)")
     parser.add_argument(
-        "--teacher", type=Path, help="a stronger teacher's encoder folder (the loop_teacher arm)"
+        "--teacher",
+        type=Path,
+        help="a stronger teacher's encoder folder, for the loop_teacher arm (default: the one "
+        "`make teacher` installed, if any)",
     )
     parser.add_argument(
         "--keep-stores", action="store_true", help="keep each arm's store under OUT/stores"
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace, tiny: Path | None) -> Any:
     """The SimulateConfig the arguments ask for (ValueError if they are not valid)."""
     from research.cli import job_params_from
-    from research.simulate.config import SimulateConfig
+    from research.simulate.config import TAUGHT_ARMS, SimulateConfig
 
     overrides: dict[str, Any] = {}
     for name in ("gold_file", "rounds", "initial_labels", "round_texts", "budget"):
@@ -104,10 +109,19 @@ def config_from(args: argparse.Namespace, tiny: Path | None) -> Any:
     for name in ("test_size", "max_length", "teacher", "base_model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.teacher is None and not args.quick:
+        # The teacher `make teacher` installed for the service, as its jobs would find it.
+        from app.core.config import Settings
+
+        installed = Settings().teacher_model_path
+        if (installed / "config.json").is_file():
+            overrides["teacher"] = installed
     if args.seeds:
         overrides["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.arms:
         overrides["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if "arms" not in overrides and "teacher" in overrides:
+        overrides["arms"] = list(TAUGHT_ARMS)
     overrides["keep_stores"] = args.keep_stores
     job_params: dict[str, Any] = {}
     if tiny is not None and args.base_model is None:

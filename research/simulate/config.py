@@ -67,6 +67,9 @@ ARMS = [
 ]
 ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
 DEFAULT_ARMS = ["loop", "gold_only", "gold_random", "never"]
+# Where a stronger teacher is installed, the loop the service runs is the taught one
+# (teacher.source auto picks it), and that is what the arms are compared with.
+TAUGHT_ARMS = ["loop_teacher", "gold_only", "gold_random", "never"]
 
 
 @dataclass

@@ -19,8 +19,8 @@ from app.core.config import Settings
 from app.store import gold, versions
 from app.store.database import Store
 from app.store.tables import PseudoLabel
-from research.simulate.__main__ import main
-from research.simulate.config import ARMS_BY_NAME, SimulateConfig
+from research.simulate.__main__ import build_parser, config_from, main
+from research.simulate.config import ARMS_BY_NAME, DEFAULT_ARMS, TAUGHT_ARMS, SimulateConfig
 from research.simulate.data import load
 from research.simulate.run import KeptRuns
 from research.simulate.service import Service
@@ -252,3 +252,18 @@ def test_two_processes_share_the_arms_and_the_outputs_cover_them_all(tmp_path, t
     assert os.getpid() not in {r["process"] for r in result["runs"]}
     assert not list((out / "runs").glob("*.claimed"))
     assert set(result["summary"]["served"]) == set(arms)
+
+
+def test_an_installed_teacher_makes_the_taught_loop_the_default_arm(
+    tmp_path, tiny_teacher, monkeypatch
+):
+    monkeypatch.setenv("TEACHER_MODEL", str(tmp_path / "not-installed"))
+    plain = config_from(build_parser().parse_args([]), None)
+    assert plain.teacher is None and plain.arms == DEFAULT_ARMS
+    monkeypatch.setenv("TEACHER_MODEL", str(tiny_teacher))
+    taught = config_from(build_parser().parse_args([]), None)
+    assert taught.teacher == tiny_teacher
+    assert taught.arms == TAUGHT_ARMS and taught.matched_arm() == "loop_teacher"
+    # Arms asked for are kept.
+    asked = config_from(build_parser().parse_args(["--arms", "loop,never"]), None)
+    assert asked.arms == ["loop", "never"]
