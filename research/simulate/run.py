@@ -98,6 +98,11 @@ def _every_seed(
             if not kept.claim(seed, name):
                 progress(f"seed {seed} · {name}: another process is running it; left to it")
                 continue
+            earlier = kept.load(seed, name)  # finished by another just before the claim
+            if earlier is not None:
+                kept.release(seed, name)
+                runs.append(earlier)
+                continue
             if not made:
                 progress(f"seed {seed} · the first model")
                 make_template(_settings(config, seed, template), seed_data, data.test)
@@ -142,22 +147,27 @@ class KeptRuns:
         return record
 
     def claim(self, seed: int, arm: str) -> bool:
-        """True if this process may run `arm` of `seed`: nobody else alive has claimed it."""
+        """True if this process may run `arm` of `seed`: nobody else alive has claimed it.
+        The marker is linked into place whole, so that no reader sees it without its pid."""
         self.folder.mkdir(parents=True, exist_ok=True)
         marker = self.path(seed, arm).with_suffix(".claimed")
-        while True:
-            try:
-                with marker.open("x") as file:
-                    file.write(str(os.getpid()))
-                return True
-            except FileExistsError:
+        mine = marker.with_suffix(f".claimed.{os.getpid()}")
+        mine.write_text(str(os.getpid()))
+        try:
+            while True:
                 try:
-                    owner = int(marker.read_text() or 0)
-                except (FileNotFoundError, ValueError):
-                    owner = 0
-                if owner and _alive(owner):
-                    return False
-                marker.unlink(missing_ok=True)  # its process is gone: take it over
+                    os.link(mine, marker)
+                    return True
+                except FileExistsError:
+                    try:
+                        owner = int(marker.read_text())
+                    except (FileNotFoundError, ValueError):
+                        continue  # released meanwhile: try again
+                    if _alive(owner):
+                        return False
+                    marker.unlink(missing_ok=True)  # its process is gone: take it over
+        finally:
+            mine.unlink()
 
     def release(self, seed: int, arm: str) -> None:
         self.path(seed, arm).with_suffix(".claimed").unlink(missing_ok=True)
