@@ -10,14 +10,18 @@ The test is a one-sided exact binomial (sign) test on the decisive disagreements
 sample size planned beforehand so that it has the asked power against the smallest gain
 worth publishing (the margin plus `min_gain`). Testing after every label would publish a
 no-better candidate far more often than alpha, so the test is run at a few looks only: at
-most `looks` of them, each at alpha / looks (Bonferroni: the chance that any look
-publishes a candidate no better than the margin stays at most alpha, however the looks
-fall), with the sample size planned at that level too. With one look it is taken at the
-planned count; with more, the first is taken at once (the end of the job: the gate split's
-free labels and whatever is labeled already) and the others as the decisive labels pass
-each further share of the planned count. Whatever the count, a look is taken when nothing
-more can come (every disagreement labeled) or at the deadline, and the last look decides.
-Until then the verdict is "pending", with how many more reviews it needs.
+most `looks` of them, each at alpha / looks, with the sample size planned at that level.
+With one look it is taken at the planned count; with more, the first is taken at once (the
+end of the job: the gate split's free labels and whatever is labeled already) and the
+others as the decisive labels pass each further share of the planned count. Whatever the
+count, a look is taken when nothing more can come (every disagreement labeled) or at the
+deadline, and that last look decides: it is taken at what the earlier looks left of alpha,
+alpha less alpha / looks for each look spent (Bonferroni: the levels of the looks taken
+add up to at most alpha, so the chance that any look publishes a candidate no better than
+the margin stays at most alpha, however the looks fall). A candidate whose disagreements
+run out before the planned count, the common case with a few hundred of them, is then
+judged at alpha rather than at a share of it. Until a look decides, the verdict is
+"pending", with how many more reviews it needs.
 """
 
 from __future__ import annotations
@@ -162,7 +166,7 @@ class GateVerdict:
     reviews_needed: int  # more labels to reach the planned decisive count (0: none)
     gain: float  # the accuracy gain the labels estimate, over all texts judged
     reason: str
-    level: float = 0.0  # alpha / looks: what each look's p-value must be at most
+    level: float = 0.0  # what this look's p-value must be at most (module docstring)
     looks: int = 1  # looks allowed
     looks_used: int = 0  # looks spent, this one included
     looked_at: int | None = None  # decisive labels at the latest look point (spent or not)
@@ -260,6 +264,8 @@ def judge(
     spent_all = looks_used >= looks  # never, where the caller keeps what the looks said
     last = final or spent_all or reachable <= n or n >= planned
     last = last or (due and looks_used + 1 >= looks)
+    if last and not spent_all:
+        level = alpha - looks_used * alpha / looks  # what the earlier looks left
     can_publish = not spent_all and n > 0 and critical_wins(n, null_share, level) <= n
     if not last and not (due and can_publish):
         at = n if due else last_look_at

@@ -259,7 +259,8 @@ class PromotionParams(Section):
         le=20,
         description="Most evaluations of the test per candidate, each at (1 - confidence) / "
         "looks: the first at the end of the job, the others as the reviews reach equal "
-        "shares of the planned count (1: one, once they all are in).",
+        "shares of the planned count (1: one, once they all are in); the last, when the "
+        "disagreements run out or at the deadline, at what the earlier ones left.",
     )
 
 

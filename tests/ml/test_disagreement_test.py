@@ -221,10 +221,55 @@ def test_the_deadline_decides_on_what_there_is():
     assert waiting.verdict == "pending"
     assert f"needs {waiting.reviews_needed} more reviews to decide (90 of" in waiting.reason
     late = judge(Tally(60, 30, 5), unlabeled=300, final=True, **common)
-    assert late.verdict == "publish" and late.looks_used == 3  # 60 of 90: p < 0.0125
+    assert late.verdict == "publish" and late.looks_used == 3  # 60 of 90: p < 0.025
+    assert late.level == pytest.approx(0.05 - 2 * 0.05 / 4)
     weak = judge(Tally(48, 42, 5), unlabeled=300, final=True, **common)
     assert weak.verdict == "reject" and "with 90 of the" in weak.reason
     assert "not shown better" in weak.reason
+
+
+def test_the_last_look_is_taken_at_what_the_earlier_looks_left_of_alpha():
+    # 70 wins of 118 decisive labels: p = 0.026, below alpha, above alpha / 4. All of the
+    # candidate's disagreements are labeled, far fewer than planned: this look is the last.
+    counts, common = Tally(70, 48, 12), {**SEQUENTIAL, "looks": 4, "unlabeled": 0}
+    untouched = judge(counts, **common)
+    assert untouched.level == pytest.approx(0.05) and untouched.verdict == "publish"
+    assert "look 1 of 4, at most 0.05)" in untouched.reason
+    one_spent = judge(counts, looks_used=1, last_look_at=40, **common)
+    assert one_spent.level == pytest.approx(0.0375) and one_spent.verdict == "publish"
+    three_spent = judge(counts, looks_used=3, last_look_at=100, **common)
+    assert three_spent.level == pytest.approx(0.0125) and three_spent.verdict == "reject"
+    # A look before the last stays at alpha / looks.
+    early = judge(counts, **{**common, "unlabeled": 1000})
+    assert early.verdict == "pending" and early.level == pytest.approx(0.0125)
+
+
+def test_a_no_better_candidate_whose_disagreements_run_out_early_is_published_at_most_alpha():
+    """Labels arrive in batches, the gate asked after each, and the candidate has only a few
+    hundred disagreements (the common case): the last look spends what the others left."""
+    rng = random.Random(6)
+    published, runs = 0, 3000
+    for _ in range(runs):
+        n = 40
+        wins = sum(rng.random() < 0.5 for _ in range(n))
+        unlabeled, used, at = rng.randint(0, 400), 0, None
+        while True:
+            verdict = judge(
+                Tally(wins, n - wins, 0),
+                unlabeled=unlabeled,
+                looks=4,
+                looks_used=used,
+                last_look_at=at,
+                **SEQUENTIAL,
+            )
+            if verdict.verdict != "pending":
+                published += verdict.verdict == "publish"
+                break
+            used, at = verdict.looks_used, verdict.looked_at
+            batch = min(unlabeled, rng.randint(1, 40))
+            wins += sum(rng.random() < 0.5 for _ in range(batch))
+            n, unlabeled = n + batch, unlabeled - batch
+    assert published / runs <= 0.05 + 0.008  # alpha plus Monte Carlo error (2 sd)
 
 
 def test_identical_answers_publish_only_where_a_loss_is_allowed():
