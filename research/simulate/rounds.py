@@ -26,6 +26,8 @@ from research.simulate.service import Service
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+# What the replay needs of the gate's terms (app/ml/promotion.py GateTerms).
+GATE_TERMS = ("margin", "min_gain", "alpha", "target_power", "looks")
 
 
 def _test_scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -76,6 +78,12 @@ def decision_record(
         "test_macro_f1_gain": round(candidate["macro_f1"] - champion["macro_f1"], 5),
         "test_accuracy_gain": round(candidate["accuracy"] - champion["accuracy"], 5),
         "reason": job["decision_reason"],
+        # The gate's terms and last verdict, so that a later gate can judge the same
+        # evidence again (research/simulate/replay.py).
+        "gate": {
+            "terms": {k: comparison.get(k) for k in GATE_TERMS},
+            "verdict": comparison.get("verdict"),
+        },
     }
 
 

@@ -22,6 +22,7 @@ from app.store.tables import PseudoLabel
 from research.simulate.__main__ import build_parser, config_from, main
 from research.simulate.config import ARMS_BY_NAME, DEFAULT_ARMS, TAUGHT_ARMS, SimulateConfig
 from research.simulate.data import load
+from research.simulate.replay import replay
 from research.simulate.run import KeptRuns
 from research.simulate.service import Service
 from tests.conftest import write_gold_file
@@ -267,3 +268,33 @@ def test_an_installed_teacher_makes_the_taught_loop_the_default_arm(
     # Arms asked for are kept.
     asked = config_from(build_parser().parse_args(["--arms", "loop,never"]), None)
     assert asked.arms == ["loop", "never"]
+
+
+def test_replaying_a_run_with_the_gate_that_made_it_gives_its_decisions(simulated):
+    result, _, _ = simulated
+    replayed = replay(result)
+    rows = replayed["decisions"]
+    assert len(rows) == sum(len(r["decisions"]) for r in result["runs"])
+    judged = [r for r in rows if r["p_value"] is not None]
+    assert judged, "no decision had a test to replay"
+    assert all(r["replayed"] == r["published"] for r in rows)
+    assert replayed["summary"]["all"]["candidates"] == len(rows)
+
+
+def test_a_decision_line_of_the_older_gate_is_judged_at_what_its_looks_left():
+    reason = (
+        "v1 champion; judged on 34 gate-split texts (0 disagreements) and 130 reviewed traffic "
+        "texts (of 130 disagreements in 1000 recent stored texts): 70 wins, 48 losses, 12 ties "
+        "on 130 labeled disagreements (disagreement rate 13.0%); exact test p=0.0264 against a "
+        "win share of 0.500 (look 1 of 4, at most 0.0125), power 6% for a gain of +1.0% with "
+        "118 of the 900 decisive labels planned: not shown better than the margin +0.0%"
+    )
+    decision = {"round": 1, "test_macro_f1_gain": 0.02, "published": False, "reason": reason}
+    result = {
+        "job": {"promotion": {"margin": None, "min_gain": 0.01, "confidence": 0.95, "power": 0.8}},
+        "runs": [{"seed": 1, "arm": "loop", "decisions": [decision]}],
+    }
+    (row,) = replay(result)["decisions"]
+    assert row["run_level"] == 0.0125 and row["level"] == pytest.approx(0.05)
+    assert row["p_value"] == pytest.approx(0.0264, abs=1e-3)
+    assert not row["published"] and row["replayed"]
