@@ -67,10 +67,14 @@ repro: $(STAMP)
 	$(BIN)/python -m research --out repro-results $(REPRO_ARGS)
 
 # The loop followed over rounds of traffic against gold-only and never-retrain arms
-# (docs/simulate.md): sized for about 90 minutes on 2 cores, an estimate not yet run.
+# (docs/simulate.md), in two processes sharing the seeds and arms; with the teacher of
+# `make teacher` its loop is the taught one, and the run takes over two hours on 2 cores.
+# An interrupted run resumes from what simulate-results/runs/ kept.
 # SIMULATE_ARGS=--quick for a smoke run of a minute or so; --seeds, --arms, --rounds to run a part.
+SIMULATE_PROCESSES ?= 2
 simulate: $(STAMP)
-	$(BIN)/python -m research.simulate --out simulate-results $(SIMULATE_ARGS)
+	$(BIN)/python -m research.simulate --out simulate-results --processes $(SIMULATE_PROCESSES) \
+		$(SIMULATE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app workers bench research tests

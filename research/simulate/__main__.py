@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated arms (default loop_teacher,gold_only,gold_random,never where a "
         "teacher is given or installed, else loop,gold_only,gold_random,never)",
     )
-    parser.add_argument("--rounds", type=int, help="rounds of traffic (default 4)")
+    parser.add_argument("--rounds", type=int, help="rounds of traffic (default 3)")
     parser.add_argument(
         "--initial-labels", type=int, help="labels of the first model (default 300)"
     )

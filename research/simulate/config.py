@@ -82,7 +82,7 @@ class SimulateConfig:
     teacher: Path | None = None  # a stronger teacher's encoder folder, for loop_teacher
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
-    rounds: int = 4
+    rounds: int = 3
     initial_labels: int = 300
     round_texts: int = 1000
     budget: int = 400  # labels per round, reviews and the rest together
