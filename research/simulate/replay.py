@@ -88,6 +88,8 @@ def replay(result: dict[str, Any]) -> dict[str, Any]:
                 "arm": run["arm"],
                 "round": decision["round"],
                 "gain": decision["test_macro_f1_gain"],
+                "test_accuracy_gain": decision["test_accuracy_gain"],
+                "seen_gain": None,
                 "published": decision["published"],
                 "replayed": decision["published"],
                 "level": None,
@@ -113,6 +115,7 @@ def replay(result: dict[str, Any]) -> dict[str, Any]:
                     p_value=verdict.p_value,
                     run_level=seen["level"],
                     decisive=seen["tally"].decisive,
+                    seen_gain=verdict.gain,
                 )
             rows.append(row)
     return {"decisions": rows, "summary": _rates(rows)}
@@ -136,8 +139,21 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 for key in ("published", "replayed")
             },
             "worst_replayed_gain": min((r["gain"] for r in mine if r["replayed"]), default=None),
+            # How far the accuracy gain the gate's texts showed was from the test split's:
+            # above zero, the judged texts favoured the candidate.
+            "mean_seen_minus_test": _mean(
+                [
+                    r["seen_gain"] - r["test_accuracy_gain"]
+                    for r in mine
+                    if r["seen_gain"] is not None
+                ]
+            ),
         }
     return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 5) if values else None
 
 
 def markdown(replayed: dict[str, Any]) -> str:
@@ -149,29 +165,32 @@ def markdown(replayed: dict[str, Any]) -> str:
         "spent (what follows a different decision is not replayed).",
         "",
         "| arm | candidates | better: published / replayed | not better: published / "
-        "replayed | worst replayed Δ |",
-        "|---|---|---|---|---|",
+        "replayed | worst replayed Δ | accuracy gain seen − on test |",
+        "|---|---|---|---|---|---|",
     ]
     for arm, s in replayed["summary"].items():
-        worst = s["worst_replayed_gain"]
+        worst, bias = s["worst_replayed_gain"], s["mean_seen_minus_test"]
         lines.append(
             f"| `{arm}` | {s['candidates']} | {s['published_of_better']} / "
             f"{s['replayed_of_better']} of {s['better']} | {s['published_of_not_better']} / "
             f"{s['replayed_of_not_better']} of {s['not_better']} | "
-            f"{'' if worst is None else f'{worst * 100:+.2f}'} |"
+            f"{'' if worst is None else f'{worst * 100:+.2f}'} | "
+            f"{'' if bias is None else f'{bias * 100:+.2f}'} |"
         )
     lines += [
         "",
-        "| seed | arm | round | true Δ | decisive labels | p | level then | level now | "
-        "published | replayed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| seed | arm | round | true Δ | accuracy gain seen / on test | decisive labels | p | "
+        "level then | level now | published | replayed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in replayed["decisions"]:
         p = "" if r["p_value"] is None else f"{r['p_value']:.3g}"
         then = "" if r.get("run_level") is None else f"{r['run_level']:.3g}"
         now = "" if r["level"] is None else f"{r['level']:.3g}"
+        seen = "" if r["seen_gain"] is None else f"{r['seen_gain'] * 100:+.2f}"
         lines.append(
             f"| {r['seed']} | `{r['arm']}` | {r['round']} | {r['gain'] * 100:+.2f} | "
+            f"{seen} / {r['test_accuracy_gain'] * 100:+.2f} | "
             f"{r.get('decisive', '')} | {p} | {then} | {now} | "
             f"{'yes' if r['published'] else 'no'} | {'yes' if r['replayed'] else 'no'} |"
         )
