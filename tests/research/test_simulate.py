@@ -289,7 +289,13 @@ def test_a_decision_line_of_the_older_gate_is_judged_at_what_its_looks_left():
         "win share of 0.500 (look 1 of 4, at most 0.0125), power 6% for a gain of +1.0% with "
         "118 of the 900 decisive labels planned: not shown better than the margin +0.0%"
     )
-    decision = {"round": 1, "test_macro_f1_gain": 0.02, "published": False, "reason": reason}
+    decision = {
+        "round": 1,
+        "test_macro_f1_gain": 0.02,
+        "test_accuracy_gain": 0.01,
+        "published": False,
+        "reason": reason,
+    }
     result = {
         "job": {"promotion": {"margin": None, "min_gain": 0.01, "confidence": 0.95, "power": 0.8}},
         "runs": [{"seed": 1, "arm": "loop", "decisions": [decision]}],
@@ -298,3 +304,5 @@ def test_a_decision_line_of_the_older_gate_is_judged_at_what_its_looks_left():
     assert row["run_level"] == 0.0125 and row["level"] == pytest.approx(0.05)
     assert row["p_value"] == pytest.approx(0.0264, abs=1e-3)
     assert not row["published"] and row["replayed"]
+    # 70 wins and 48 losses of 130 labeled where the models disagree on 13% of texts.
+    assert row["seen_gain"] == pytest.approx(0.13 * 22 / 130)
