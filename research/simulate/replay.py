@@ -162,7 +162,8 @@ def markdown(replayed: dict[str, Any]) -> str:
         "",
         f"Better: at least {BETTER * 100:.0f} point of test macro-F1 above the champion; not "
         "better: no gain. Replayed: today's verdict as the last look, after the looks the run "
-        "spent (what follows a different decision is not replayed).",
+        "spent (what follows a different decision is not replayed). Accuracy gain seen: what "
+        "the labels of the texts the gate judged estimate; on test: the true one.",
         "",
         "| arm | candidates | better: published / replayed | not better: published / "
         "replayed | worst replayed Δ | accuracy gain seen − on test |",

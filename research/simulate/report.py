@@ -82,7 +82,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Arms: " + "; ".join(f"`{a}`: {ARMS_BY_NAME[a].description}" for a in config["arms"]) + ".",
         "",
-        f"Whole run: {result['seconds'] / 60:.1f} min.",
+        f"Whole run: {result['seconds'] / 60:.1f} min in this process; the arms' own time, "
+        f"added up over the processes that ran them (first models not included): "
+        f"{sum(r.get('seconds', 0.0) for r in result['runs']) / 60:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
 
