@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app.ml.disagreement_test import Tally, critical_wins, judge
-from research.simulate.summary import ALL, BETTER
+from research.simulate.summary import ALL, BETTER, by_truth
 
 # "69 wins, 41 losses, 24 ties on 134 labeled disagreements (disagreement rate 13.0%); ...
 # (look 1 of 4, at most 0.0125)"
@@ -59,14 +59,14 @@ def evidence(decision: dict[str, Any], promotion: dict[str, Any]) -> dict[str, A
             "target_power": promotion["power"],
             "looks": int(found["looks"]),
         }
-        # The line shows max(looks used, 1). Where this look could not publish, it was not
-        # spent, and "1" is read as no look before it: the end-of-job look on the gate
-        # split's few disagreements never can publish at alpha / looks.
         used = int(found["look"])
-        if tally.decisive == 0 or critical_wins(tally.decisive, null, level) > tally.decisive:
-            used = used if used > 1 else 0
     n = tally.decisive
     spent = n > 0 and critical_wins(n, null, level) <= n
+    if gate is None and not spent and used == 1:
+        # The line shows max(looks used, 1), and this look, unable to publish, was not
+        # spent: "1" is read as no look before it (the end-of-job look on the gate split's
+        # few disagreements never can publish at alpha / looks).
+        used = 0
     return {
         "tally": tally,
         "rate": rate,
@@ -125,8 +125,7 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for arm in [*dict.fromkeys(r["arm"] for r in rows), ALL]:
         mine = [r for r in rows if arm in (ALL, r["arm"])]
-        better = [r for r in mine if r["gain"] >= BETTER]
-        not_better = [r for r in mine if r["gain"] <= 0]
+        better, not_better = by_truth(mine, lambda r: r["gain"])
         out[arm] = {
             "candidates": len(mine),
             "better": len(better),

@@ -5,9 +5,12 @@ candidates whose true difference on the test split is known."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from research.stats import paired
+
+T = TypeVar("T")
 
 # A candidate this much better than its champion in test macro-F1 is one the gate should
 # publish: the share it published is the gate's power as measured.
@@ -76,6 +79,11 @@ def last_round_differences(
     return out
 
 
+def by_truth(items: list[T], gain: Callable[[T], float]) -> tuple[list[T], list[T]]:
+    """(those truly better by BETTER, those not better at all) by their test `gain`."""
+    return [i for i in items if gain(i) >= BETTER], [i for i in items if gain(i) <= 0]
+
+
 def _share(hits: int, of: int) -> float | None:
     return round(hits / of, 5) if of else None
 
@@ -91,8 +99,7 @@ def gate_decisions(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, Any
         if not decisions:
             continue
         published = [d for d in decisions if d["published"]]
-        better = [d for d in decisions if d["test_macro_f1_gain"] >= BETTER]
-        not_better = [d for d in decisions if d["test_macro_f1_gain"] <= 0]
+        better, not_better = by_truth(decisions, lambda d: d["test_macro_f1_gain"])
         by: dict[str, int] = {}
         for d in decisions:
             by[d["decided_by"]] = by.get(d["decided_by"], 0) + 1
