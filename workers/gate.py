@@ -96,7 +96,8 @@ def _sources(judged: Judged, reviewed: int) -> str:
     if judged.traffic_texts:
         parts.append(
             f"{reviewed} reviewed traffic texts (of {judged.traffic_disagreements} "
-            f"disagreements in {judged.traffic_texts} recent stored texts)"
+            f"disagreements in {judged.traffic_texts} recent stored texts neither model "
+            "learned from)"
         )
     return " and ".join(parts)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,9 @@ Split = tuple[list[str], list[str]]  # (texts, labels)
 PAGE_SIZE = 2_000
 # Gold splits no job pre-trains on: they pick, judge or report the candidate.
 HELD_OUT = ("dev", "gate", "test")
+# The most of the traffic a job could pre-train on that it holds back for the gate: the
+# loop's gain comes from its pool, so a first job over little traffic keeps half of it.
+REVIEW_SHARE = 0.5
 
 
 class JobError(Exception):
@@ -74,13 +77,19 @@ class Champion:
 
     version: int
     labels: list[str]
+    # The newest stored prediction its job's pool could hold (0: it pre-trained on none,
+    # as a first model): texts stored after it are texts the champion never learned from.
+    pool_upto: int = 0
 
 
 def current_champion(store: Store) -> Champion | None:
     with store.session() as session:
         active = versions.active_version(session)
         row = versions.get_version(session, active) if active is not None else None
-        return Champion(active, list(row.labels)) if active is not None and row else None
+        if active is None or row is None:
+            return None
+        pool = (row.lineage or {}).get("pool") or {}
+        return Champion(active, list(row.labels), int(pool.get("upto_id") or 0))
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,19 @@ class Pool:
     summary: dict[str, Any]
 
 
-def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolicy) -> Pool:
+def gather_pool(
+    store: Store,
+    labels: list[str],
+    upto_id: int,
+    policy: PoolPolicy,
+    withheld: Collection[str] = (),
+) -> Pool:
     """The pre-training pool, chosen in the store by `policy` (app/ml/pool.py): stored
     predictions up to `upto_id`, newest first, made by models with `labels` in this order
     (logits mean nothing in another order), one per text, never a text of the gold dev,
-    gate or test split (they select, judge or report the candidate), never one in a range
-    that retention is deleting.
+    gate or test split (they select, judge or report the candidate), never one of the
+    `withheld` texts (the job's review sample: a candidate is judged on texts it did not
+    learn from), never one in a range that retention is deleting.
 
     Pages stream from the database; the job holds the texts it selects and no more, so its
     memory and time stay flat however large the store grows."""
@@ -106,7 +122,7 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
         same_labels = [v for v, ls in versions.label_sets(session).items() if ls == labels]
         held_out = gold.all_texts(session, HELD_OUT)
         floor = retention.deleted_upto(session)
-        selector = PoolSelector(policy, held_out)
+        selector = PoolSelector(policy, held_out, withheld)
         pages = pseudo_labels.pool_pages(
             session,
             upto_id=upto_id,
@@ -128,7 +144,8 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
     if not keep:
         raise JobError(
             "no pseudo-labeled texts to pre-train on (label some texts with /label first; "
-            "texts of the gold dev, gate and test splits are excluded)"
+            "texts of the gold dev, gate and test splits, and the job's review sample, are "
+            "excluded)"
         )
     # Oldest first, as the texts arrived: training shuffles them anyway.
     keep.reverse()
@@ -150,31 +167,68 @@ def gather_pool(store: Store, labels: list[str], upto_id: int, policy: PoolPolic
     )
 
 
-def traffic_sample(store: Store, size: int) -> list[tuple[int, str]]:
-    """The newest `size` distinct stored texts that are not gold (any split), as (id of
-    their newest stored prediction, text): the recent traffic candidate and champion are
-    both run on to find where they disagree. Never a row in a range retention deletes."""
-    sample: dict[str, tuple[int, str]] = {}
+@dataclass(frozen=True)
+class ReviewSample:
+    """The stored traffic a job holds back from its pool to judge its candidate on: texts
+    neither the candidate nor the champion pre-trained on, newest first."""
+
+    rows: list[tuple[int, str]]  # (id of the text's newest stored prediction, text)
+    size: int  # what was asked for (REVIEW_SAMPLE)
+    seen: int  # distinct traffic texts looked at: the job could pool at least these
+    above_id: int  # only texts stored after the champion's pool (0: any)
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for _, text in self.rows]
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "texts": len(self.rows),
+            "asked": self.size,
+            "traffic_seen": self.seen,
+            "above_id": self.above_id,
+        }
+
+
+def review_sample(store: Store, size: int, upto_id: int, above_id: int = 0) -> ReviewSample:
+    """The newest `size` distinct stored texts up to `upto_id` that are not gold (any
+    split) and whose newest prediction was stored after `above_id` (the champion's pool,
+    so the champion never learned from them either), never a row in a range retention
+    deletes. The job withholds them from its pool; candidate and champion are then both
+    run on them to find where they disagree.
+
+    At most REVIEW_SHARE of the distinct traffic looked at is taken: the scan stops once
+    it has seen `size / REVIEW_SHARE` texts, so over a store with less traffic than that
+    the sample shrinks and the pool keeps the rest. A text stored again after the
+    champion's pool counts as new; the champion may have seen its older copy, which can
+    only favour the champion."""
     if size <= 0:
-        return []
+        return ReviewSample([], size, 0, above_id)
+    enough = int(size / REVIEW_SHARE)
+    seen: dict[str, tuple[int, str]] = {}
     with store.session() as session:
         every_version = list(versions.label_sets(session))
         pages = pseudo_labels.pool_pages(
             session,
-            upto_id=pseudo_labels.max_id(session),
+            upto_id=upto_id,
             above_id=retention.deleted_upto(session),
             versions=every_version,
             page_size=PAGE_SIZE,
         )
         for page in pages:
-            fresh = {gold.text_digest(row.text): row for row in page}
+            fresh: dict[str, Any] = {}
+            for row in page:  # newest first: a text keeps its newest prediction
+                fresh.setdefault(gold.text_digest(row.text), row)
             known = reviews.gold_digests(session, fresh)
             for digest, row in fresh.items():
-                if digest not in known and digest not in sample:
-                    sample[digest] = (row.id, row.text)
-                    if len(sample) == size:
-                        return list(sample.values())
-    return list(sample.values())
+                if digest not in known and digest not in seen:
+                    seen[digest] = (row.id, row.text)
+            if len(seen) >= enough:
+                break
+    newest = list(seen.values())[:enough]
+    take = min(size, int(len(newest) * REVIEW_SHARE))
+    rows = [row for row in newest if row[0] > above_id][:take]
+    return ReviewSample(rows, size, len(newest), above_id)
 
 
 @dataclass

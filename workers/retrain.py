@@ -1,17 +1,19 @@
 """The retraining job, as a plain function (Celery only calls it).
 
 Its stages are those of `workers/pipeline.py`:
-1. gather the pool: the newest stored pseudo-labels that the job's step budget covers
-   (app/ml/pool.py), of models with the serving label set, one per text, never a text of
-   the gold dev or test split, read from the store a page at a time;
+1. hold back the review sample (the newest stored traffic the champion did not learn
+   from), then gather the pool: the newest stored pseudo-labels that the job's step
+   budget covers (app/ml/pool.py), of models with the serving label set, one per text,
+   never a text of the gold dev, gate or test split or of the review sample, read from
+   the store a page at a time;
 2. choose the teacher (workers/teacher.py): a stronger teacher version where one is
    installed (fine-tuned first if there is none yet), which scores the pool itself, else
    the serving model's stored predictions;
 3. pre-train on the pool (the task loss on the teacher's predictions, plus the
    masked-LM loss if asked) from the base encoder or the active model -> model C;
 4. fine-tune C on the gold train split -> the candidate (model D);
-5. evaluate candidate and champion on gold dev, gate and test, and run both on recent
-   stored traffic (workers/shadow.py);
+5. evaluate candidate and champion on gold dev, gate and test, and run both on the review
+   sample: recent stored traffic the job held back from its pool (workers/shadow.py);
 6. the promotion gate (workers/gate.py): an exact test on the texts where the two disagree
    among the gate split and the reviewed traffic; then publish (app.registry). A candidate
    the gate cannot decide yet is written `pending`, its traffic disagreements are queued
@@ -47,10 +49,12 @@ from workers.pipeline import (
     Gold,
     JobError,
     Pool,
+    ReviewSample,
     current_champion,
     evaluate,
     gather_pool,
     load_gold,
+    review_sample,
 )
 from workers.progress import JobCancelled, JobReporter
 
@@ -172,7 +176,12 @@ def _retrain(
     if champion is None:
         raise JobError("no active model yet: the first model must be published first")
     data = load_gold(store)
-    pool = gather_pool(store, champion.labels, pool_upto, PoolPolicy.for_job(params))
+    # Chosen before the pool, which is then gathered without it: the gate judges on texts
+    # neither model learned from (workers/shadow.py says why).
+    sample = review_sample(store, settings.review_sample, pool_upto, champion.pool_upto)
+    pool = gather_pool(
+        store, champion.labels, pool_upto, PoolPolicy.for_job(params), withheld=sample.texts
+    )
     log.info(
         "job %s: pre-training pool of %d texts (%d stored rows read in %.1f s)",
         job_id,
@@ -212,7 +221,7 @@ def _retrain(
     candidate = Classifier(
         model, tokenizer, champion.labels, settings.max_length, truncation=params.truncation
     )
-    scored = _score(job_id, candidate, champion, data, settings, store, report)
+    scored = _score(job_id, candidate, champion, data, sample, settings, report)
     terms = gate_terms(
         params.promotion,
         default_margin=settings.promotion_margin,
@@ -239,7 +248,7 @@ def _retrain(
         reason=f"published by job {job_id}",
         job_id=job_id,
         metrics=metrics["candidate"],
-        lineage=_lineage(job_id, params, start, champion, pool, data, metrics, taught_by),
+        lineage=_lineage(job_id, params, start, champion, pool, sample, data, metrics, taught_by),
     )
     if published.conflict:
         reason = f"{reason}; not published: {published.conflict}"
@@ -307,12 +316,12 @@ def _score(
     candidate: Classifier,
     champion: Champion,
     data: Gold,
+    sample: ReviewSample,
     settings: Settings,
-    store: Store,
     report: JobReporter,
 ) -> Scored:
     """Score candidate and champion on gold dev, gate and test (metrics; the gate split
-    judges), and both on recent stored traffic, where their disagreements are found."""
+    judges), and both on the job's review sample, where their disagreements are found."""
     champion_model = load_classifier(version_dir(settings, champion.version), settings.max_length)
     splits = ("dev", "test", "gate")
     candidate_eval = evaluate(candidate, data, lambda f: report(0.35 * f), splits)
@@ -321,8 +330,7 @@ def _score(
         job_id,
         candidate,
         champion_model,
-        store,
-        settings.review_sample,
+        sample,
         lambda f: report(0.7 + 0.3 * f),
     )
     evidence = shadow.Evidence(
@@ -368,6 +376,7 @@ def _lineage(
     start: Path,
     champion: Champion,
     pool: Pool,
+    sample: ReviewSample,
     data: Gold,
     metrics: dict[str, Any],
     taught_by: dict[str, Any],
@@ -382,6 +391,7 @@ def _lineage(
         "champion_version": champion.version,
         "pool_texts": len(pool.texts),
         "pool": pool.summary,
+        "review_sample": sample.summary(),
         "gold_train": len(data.train[0]),
         "params": params.model_dump(),
         "bf16": in_bf16(params),

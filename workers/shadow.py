@@ -3,9 +3,15 @@ the job, off the request path, to find where they answer differently.
 
 Two sets of texts, neither of which any model was trained or selected on:
 - the gold `gate` split: its labels are known, so its disagreements judge for free;
-- recent traffic: the newest REVIEW_SAMPLE distinct stored texts that are not gold. Its
-  disagreements, deduplicated and in an order fixed by the job (so that any labeled part
-  of the queue is a fair sample), are what people are asked to label.
+- the job's review sample (`workers/pipeline.py::review_sample`): the newest distinct
+  stored texts that are not gold, stored after the champion's pool and held back from the
+  candidate's. Its disagreements, deduplicated and in an order fixed by the job (so that
+  any labeled part of the queue is a fair sample), are what people are asked to label.
+
+Why held back: a candidate taught by a stronger teacher learns the teacher's answers on
+every text of its pool. Judged on those same texts, it looks better than it will be on
+new traffic (docs/simulate.md measured how much), and the gate publishes what it should
+not.
 """
 
 from __future__ import annotations
@@ -17,9 +23,8 @@ from dataclasses import dataclass
 from app.ml.disagreement_test import Tally, tally
 from app.ml.modeling import Classifier
 from app.ml.training import predict
-from app.store.database import Store
 from app.store.reviews import Disagreement
-from workers.pipeline import Evaluation, Gold, traffic_sample
+from workers.pipeline import Evaluation, Gold, ReviewSample
 
 
 @dataclass(frozen=True)
@@ -55,22 +60,20 @@ def shadow_score(
     job_id: str,
     candidate: Classifier,
     champion: Classifier,
-    store: Store,
-    size: int,
+    sample: ReviewSample,
     progress: Callable[[float], None],
 ) -> tuple[int, list[Disagreement]]:
-    """Both models on the newest `size` stored texts that are not gold: how many texts
-    that was, and the disagreements, shuffled with the job's id as the seed (the same job
-    queues the same order, however often it runs)."""
-    sample = traffic_sample(store, size)
-    if not sample:
+    """Both models on the job's review sample: how many texts that was, and the
+    disagreements, shuffled with the job's id as the seed (the same job queues the same
+    order, however often it runs)."""
+    if not sample.rows:
         return 0, []
-    texts = [text for _, text in sample]
+    texts = sample.texts
     ours = predict(candidate, texts, lambda f, _loss: progress(f / 2))
     theirs = predict(champion, texts, lambda f, _loss: progress(0.5 + f / 2))
     found = [
         Disagreement(text, mine, other, row_id)
-        for (row_id, text), mine, other in zip(sample, ours, theirs, strict=True)
+        for (row_id, text), mine, other in zip(sample.rows, ours, theirs, strict=True)
         if mine != other
     ]
     random.Random(job_id).shuffle(found)

@@ -131,7 +131,9 @@ class JobReview(BaseModel):
     skipped: int
     queued: int = Field(description="Disagreements of recent traffic queued for review.")
     gate_texts: int = Field(description="Gold gate-split texts both models labeled.")
-    traffic_texts: int = Field(description="Recent stored texts both models labeled.")
+    traffic_texts: int = Field(
+        description="Recent stored texts both models labeled, held back from the pool."
+    )
     disagreement_rate: float = Field(description="Over the gate and traffic texts together.")
     tally: dict[str, int] = Field(description="Wins, losses and ties of the candidate so far.")
     decisive: int

@@ -163,9 +163,10 @@ class Settings(BaseSettings):
     review_sample: int = Field(
         3000,
         ge=0,
-        description="Newest distinct stored texts (not gold) a job's candidate and champion "
-        "both label when the candidate is ready, to find where they disagree (0: none; the "
-        "gate then judges on the gate split alone).",
+        description="Newest distinct stored texts (not gold) a job holds back from its pool "
+        "and has its candidate and champion both label, to find where they disagree: only "
+        "texts stored after the champion's pool, and at most half the traffic the job could "
+        "learn from (0: none; the gate then judges on the gate split alone).",
     )
     review_max_items: int = Field(
         400,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -108,9 +108,14 @@ class PoolSelector:
     """Applies a `PoolPolicy` to stored predictions offered newest first; holds only what
     it selects and an 8-byte digest per text it has seen."""
 
-    def __init__(self, policy: PoolPolicy, held_out: set[str]) -> None:
+    def __init__(
+        self, policy: PoolPolicy, held_out: set[str], withheld: Collection[str] = ()
+    ) -> None:
         self.policy = policy
         self.held_out = held_out
+        # The job's review sample: never pooled, and not counted against the scan's bound
+        # (a sample bigger than the pool's limit would otherwise end the scan).
+        self.withheld = set(withheld)
         self.texts: list[str] = []
         self.logits: list[list[float]] = []
         self.ids: list[int] = []
@@ -122,7 +127,8 @@ class PoolSelector:
     @property
     def done(self) -> bool:
         full = self.policy.limit and len(self.texts) >= self.policy.limit
-        scanned_enough = self.policy.limit and self.scanned >= self.policy.scan_limit
+        scanned = self.scanned - self.skipped["review_sample"]
+        scanned_enough = self.policy.limit and scanned >= self.policy.scan_limit
         return bool(full or scanned_enough)
 
     def offer(self, row_id: int, text: str, label: str, logits: Sequence[float]) -> None:
@@ -134,6 +140,9 @@ class PoolSelector:
         self._seen.add(digest)
         if text in self.held_out:
             self.skipped["gold_dev_or_test"] += 1
+            return
+        if text in self.withheld:
+            self.skipped["review_sample"] += 1
             return
         cap = self.policy.per_label
         if cap and self.by_label[label] >= cap:
@@ -151,7 +160,8 @@ class PoolSelector:
             "selected": len(self.texts),
             "scanned": self.scanned,
             "scan_limit_reached": bool(
-                self.policy.limit and self.scanned >= self.policy.scan_limit
+                self.policy.limit
+                and self.scanned - self.skipped["review_sample"] >= self.policy.scan_limit
             ),
             "skipped": dict(sorted(self.skipped.items())),
             "by_label": dict(sorted(self.by_label.items())),

@@ -48,7 +48,8 @@ def _judged_rows(comparison: dict[str, Any]) -> list[tuple[str, str]]:
             "judged on",
             f"{judged.get('gate_texts', 0)} gold gate-split texts (selected on by no model; "
             f"{judged.get('gate_disagreements', 0)} disagreements, labeled) and "
-            f"{judged.get('traffic_texts', 0)} recent stored texts outside gold "
+            f"{judged.get('traffic_texts', 0)} recent stored texts outside gold that "
+            "neither model pre-trained on "
             f"({judged.get('traffic_disagreements', 0)} disagreements, "
             f"{judged.get('queued', 0)} queued for review)",
         )
@@ -77,6 +78,9 @@ def _pool_rows(pool: dict[str, Any] | None) -> list[tuple[str, str]]:
     for bound, word in (("min_confidence", ">="), ("max_confidence", "<=")):
         if policy.get(bound) is not None:
             rules.append(f"confidence {word} {policy[bound]}")
+    held_back = (pool.get("skipped") or {}).get("review_sample")
+    if held_back:
+        rules.append(f"without the {held_back} texts of the review sample, which judge it")
     ids = pool.get("id_range") or ["?", "?"]
     return [
         ("pre-training pool", chosen + "".join(f"; {rule}" for rule in rules)),

@@ -231,8 +231,9 @@ def _alive(pid: int) -> bool:
 
 
 def _settings(config: SimulateConfig, seed: int, data_dir: Path) -> Settings:
-    """The service's settings for `seed`: the first model fine-tuned as a job fine-tunes,
-    and each job's candidate run beside its champion on the newest round of traffic."""
+    """The service's settings for `seed`: the first model fine-tuned as a job fine-tunes;
+    the review sample is the service's own (REVIEW_SAMPLE: in these rounds, the traffic
+    stored since the champion's pool, at most half of what a job could learn from)."""
     finetune = config.params(ARMS_BY_NAME["loop"], seed).finetune
     return service_settings(
         data_dir,
@@ -242,5 +243,4 @@ def _settings(config: SimulateConfig, seed: int, data_dir: Path) -> Settings:
         max_length=config.max_length,
         bootstrap_epochs=finetune.epochs,
         bootstrap_max_steps=finetune.max_steps,
-        review_sample=config.round_texts,
     )

@@ -78,7 +78,8 @@ def answer_by_rules(
     monkeypatch.setattr(shadow, "predict", predict)
 
 
-def store_traffic(store: Store, n: int = 90) -> None:
+def store_traffic(store: Store, n: int = 180) -> None:
+    """Stored traffic of the serving v1: a job holds back its newer half for review."""
     with store.session() as s:
         pseudo_labels.add_predictions(
             s,
@@ -189,7 +190,12 @@ def test_a_clearly_better_candidate_is_published_on_the_gate_split_alone(
         assert reviews.counts(s, job_id=job_id)[reviews.DISAGREEMENT]["open"] == 0
     card = (version_dir(settings, job.candidate_version) / "README.md").read_text()
     assert f"| judged on | {gate_texts} gold gate-split texts" in card
-    assert "90 recent stored texts outside gold" in card
+    assert "90 recent stored texts outside gold that neither model pre-trained on" in card
+    # Those 90, the newer half of the stored traffic, were held back from the pool.
+    with store.session() as s:
+        lineage = versions.get_version(s, job.candidate_version).lineage
+    assert lineage["review_sample"]["texts"] == 90 and lineage["review_sample"]["asked"] == 3000
+    assert lineage["pool"]["skipped"]["review_sample"] == 90
     store.dispose()
 
 

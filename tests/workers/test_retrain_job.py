@@ -88,12 +88,16 @@ def test_job_publishes_a_winning_candidate(ready):
     with store.session() as s:
         assert versions.active_version(s) == job.candidate_version == 2
         row = versions.get_version(s, 2)
-        # 3 pre-training steps of 16 texts see the 48 newest of the 60 stored texts.
-        assert row.parent_version == 1 and row.lineage["pool_texts"] == 48
+        # The newer half of the 60 stored texts is held back to judge on; 3 pre-training
+        # steps of 16 texts would see 48, and the pool has the older 30.
+        assert row.parent_version == 1 and row.lineage["review_sample"]["texts"] == 30
+        assert row.lineage["pool_texts"] == 30
         pool = row.lineage["pool"]
-        assert pool["policy"]["limit"] == 48 and pool["id_range"] == [13, 60]
+        assert pool["policy"]["limit"] == 48 and pool["id_range"] == [1, 30]
+        assert pool["skipped"]["review_sample"] == 30
     card = (version_dir(settings, 2) / "README.md").read_text()
-    assert "| pre-training pool | 48 texts, newest first" in card
+    assert "| pre-training pool | 30 texts, newest first" in card
+    assert "without the 30 texts of the review sample, which judge it" in card
     # Plain Hugging Face format.
     from transformers import pipeline
 

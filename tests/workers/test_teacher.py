@@ -56,6 +56,8 @@ def with_teacher(published_copy: Settings, tiny_teacher: Path, gold_file: Path):
         Path(published_copy.base_model),
         gold_file,
         teacher_model=str(tiny_teacher),
+        # Every stored text is the pool here: what the teacher scores is counted exactly.
+        review_sample=0,
     )
     store = Store(settings.store_url)
     _label(store, 60, seed=9)
