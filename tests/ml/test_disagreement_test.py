@@ -84,6 +84,19 @@ def test_pending_until_the_planned_labels_then_a_verdict():
     assert "not shown better" in even.reason
 
 
+def test_ties_first_do_not_end_the_test_while_disagreements_wait():
+    """Found in `make simulate` (2026-12-07): a first label that was a tie made the decisive
+    share 0%, so no decisive label seemed reachable, and a candidate 3.4 points better was
+    rejected after one review of 87 queued."""
+    common = {"disagreement_rate": 0.084, "margin": 0.0, "min_gain": 0.01, "alpha": 0.05}
+    for counts in (Tally(0, 0, 1), Tally(0, 0, 5), Tally(1, 0, 6)):
+        verdict = judge(counts, target_power=0.8, unlabeled=86, **common)
+        assert verdict.verdict == "pending", (counts, verdict.reason)
+        assert verdict.looks_used == 0
+    # With nothing left to label, it decides on what there is.
+    assert judge(Tally(0, 0, 87), target_power=0.8, unlabeled=0, **common).verdict == "reject"
+
+
 def test_with_every_disagreement_labeled_it_decides_on_what_there_is():
     verdict = judge(
         Tally(30, 10, 5),
