@@ -25,6 +25,7 @@ from typing import Any
 
 from app.ml.disagreement_test import Tally, critical_wins, judge
 from research.simulate.summary import ALL, BETTER, by_truth
+from research.stats import paired
 
 # "69 wins, 41 losses, 24 ties on 134 labeled disagreements (disagreement rate 13.0%); ...
 # (look 1 of 4, at most 0.0125)"
@@ -126,6 +127,8 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for arm in [*dict.fromkeys(r["arm"] for r in rows), ALL]:
         mine = [r for r in rows if arm in (ALL, r["arm"])]
         better, not_better = by_truth(mine, lambda r: r["gain"])
+        judged = [r for r in mine if r["seen_gain"] is not None]
+        seen_test = ([r["seen_gain"] for r in judged], [r["test_accuracy_gain"] for r in judged])
         out[arm] = {
             "candidates": len(mine),
             "better": len(better),
@@ -140,15 +143,16 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "worst_replayed_gain": min((r["gain"] for r in mine if r["replayed"]), default=None),
             # How far the accuracy gain the gate's texts showed was from the test split's:
             # above zero, the judged texts favoured the candidate.
-            "mean_seen_minus_test": _mean(
-                [
-                    r["seen_gain"] - r["test_accuracy_gain"]
-                    for r in mine
-                    if r["seen_gain"] is not None
-                ]
-            ),
+            "mean_seen_minus_test": _mean([a - b for a, b in zip(*seen_test, strict=True)]),
+            # Its paired 95% t-interval over the decisions (None with fewer than two).
+            "seen_minus_test_ci95": paired(*seen_test)["ci95"] if len(seen_test[0]) > 1 else None,
         }
     return out
+
+
+def _interval(summary: dict[str, Any]) -> str:
+    ci = summary.get("seen_minus_test_ci95")
+    return "" if ci is None else f" [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -165,7 +169,7 @@ def markdown(replayed: dict[str, Any]) -> str:
         "the labels of the texts the gate judged estimate; on test: the true one.",
         "",
         "| arm | candidates | better: published / replayed | not better: published / "
-        "replayed | worst replayed Δ | accuracy gain seen − on test |",
+        "replayed | worst replayed Δ | accuracy gain seen − on test [95% CI] |",
         "|---|---|---|---|---|---|",
     ]
     for arm, s in replayed["summary"].items():
@@ -175,7 +179,7 @@ def markdown(replayed: dict[str, Any]) -> str:
             f"{s['replayed_of_better']} of {s['better']} | {s['published_of_not_better']} / "
             f"{s['replayed_of_not_better']} of {s['not_better']} | "
             f"{'' if worst is None else f'{worst * 100:+.2f}'} | "
-            f"{'' if bias is None else f'{bias * 100:+.2f}'} |"
+            f"{'' if bias is None else f'{bias * 100:+.2f}'}{_interval(s)} |"
         )
     lines += [
         "",

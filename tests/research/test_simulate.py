@@ -22,7 +22,7 @@ from app.store.tables import PseudoLabel
 from research.simulate.__main__ import build_parser, config_from, main
 from research.simulate.config import ARMS_BY_NAME, DEFAULT_ARMS, TAUGHT_ARMS, SimulateConfig
 from research.simulate.data import load
-from research.simulate.replay import replay
+from research.simulate.replay import markdown, replay
 from research.simulate.run import KeptRuns
 from research.simulate.service import Service
 from tests.conftest import write_gold_file
@@ -278,7 +278,15 @@ def test_replaying_a_run_with_the_gate_that_made_it_gives_its_decisions(simulate
     judged = [r for r in rows if r["p_value"] is not None]
     assert judged, "no decision had a test to replay"
     assert all(r["replayed"] == r["published"] for r in rows)
-    assert replayed["summary"]["all"]["candidates"] == len(rows)
+    every = replayed["summary"]["all"]
+    assert every["candidates"] == len(rows)
+    # How far the judged texts' accuracy gain was from the test split's, with its interval.
+    gaps = [r["seen_gain"] - r["test_accuracy_gain"] for r in rows if r["seen_gain"] is not None]
+    assert every["mean_seen_minus_test"] == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
+    if len(gaps) > 1:
+        low, high = every["seen_minus_test_ci95"]
+        assert low <= every["mean_seen_minus_test"] <= high
+        assert f"[{low * 100:+.2f}, {high * 100:+.2f}]" in markdown(replayed)
 
 
 def test_a_decision_line_of_the_older_gate_is_judged_at_what_its_looks_left():
