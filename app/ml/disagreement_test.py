@@ -263,7 +263,7 @@ def judge(
     due = n >= planned if looks == 1 else passed(n) > passed(last_look_at)
     spent_all = looks_used >= looks  # never, where the caller keeps what the looks said
     # Run out only when nothing is left to label: the decisive share estimated from a few
-    # labels (one tie says 0%) must not end the test before the queue does.
+    # labels (a first tie says none will be) must not end the test before the queue does.
     last = final or spent_all or unlabeled <= 0 or n >= planned
     last = last or (due and looks_used + 1 >= looks)
     if last and not spent_all:
