@@ -125,11 +125,15 @@ class PoolSelector:
         self._seen: set[bytes] = set()
 
     @property
+    def scan_limit_reached(self) -> bool:
+        """Read as far as the policy allows; the review sample's rows do not count."""
+        scanned = self.scanned - self.skipped["review_sample"]
+        return bool(self.policy.limit and scanned >= self.policy.scan_limit)
+
+    @property
     def done(self) -> bool:
         full = self.policy.limit and len(self.texts) >= self.policy.limit
-        scanned = self.scanned - self.skipped["review_sample"]
-        scanned_enough = self.policy.limit and scanned >= self.policy.scan_limit
-        return bool(full or scanned_enough)
+        return bool(full or self.scan_limit_reached)
 
     def offer(self, row_id: int, text: str, label: str, logits: Sequence[float]) -> None:
         self.scanned += 1
@@ -159,10 +163,7 @@ class PoolSelector:
             "policy": self.policy.as_dict(),
             "selected": len(self.texts),
             "scanned": self.scanned,
-            "scan_limit_reached": bool(
-                self.policy.limit
-                and self.scanned - self.skipped["review_sample"] >= self.policy.scan_limit
-            ),
+            "scan_limit_reached": self.scan_limit_reached,
             "skipped": dict(sorted(self.skipped.items())),
             "by_label": dict(sorted(self.by_label.items())),
             "id_range": [min(self.ids), max(self.ids)] if self.ids else None,
