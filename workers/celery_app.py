@@ -53,7 +53,10 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue=MAINTENANCE_QUEUE,
         # send_task by name (the API) follows these routes as .delay() does (beat).
-        task_routes={"pfp.retrain": {"queue": TRAINING_QUEUE}},
+        task_routes={
+            "pfp.retrain": {"queue": TRAINING_QUEUE},
+            "pfp.review_traffic": {"queue": TRAINING_QUEUE},
+        },
         # A job is acknowledged only when done, so a worker that dies hands it on.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -10,7 +10,11 @@ are the job's `promotion` section (app/ml/promotion.py).
 A candidate that cannot be decided at the end of its job is written `pending`, its job
 waits in `pending_review`, and `judge_pending` (beat every minute, and the review API after
 each answer) looks again: publish (compare-and-set against the champion it was judged
-against), reject, or keep waiting; at the deadline it decides on what there is. Once
+against), reject, or keep waiting; at the deadline it decides on what there is. A candidate
+whose queued disagreements are all labeled before the test can decide does not decide on
+too few: traffic stored after its job began is texts neither model learned from, so once a
+batch of it has arrived, a worker scores it with both models and queues the new
+disagreements (workers/review_traffic.py), and the test goes on. Once
 decided, the job's labeled disagreements join gold train ("a label judges once, then
 teaches"). Every step is idempotent and takes the job's row lock: a task may run twice.
 
@@ -20,7 +24,8 @@ No torch here: beat runs this every minute.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,86 +36,16 @@ from app.core.config import Settings
 from app.ml.disagreement_test import GateVerdict, Tally, judge, tally
 from app.ml.promotion import GateTerms
 from app.registry import PENDING, notify_swap, settle_pending
-from app.store import jobs, reviews, versions
+from app.store import jobs, pseudo_labels, reviews, versions
 from app.store.database import Store
 from app.store.reviews import DISAGREEMENT, Disagreement
 from app.store.tables import Job, ModelVersion, utcnow
+from workers.judged import Judged, explain
 
 if TYPE_CHECKING:  # shadow scoring needs torch; beat imports this module without it
     from workers.shadow import Evidence
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Judged:
-    """What the gate judged a candidate on, fixed at the end of its job."""
-
-    gate_texts: int
-    gate_tally: Tally
-    traffic_texts: int
-    traffic_disagreements: int
-    queued: int  # of those, queued for review
-
-    @property
-    def texts(self) -> int:
-        return self.gate_texts + self.traffic_texts
-
-    @property
-    def disagreement_rate(self) -> float:
-        found = self.gate_tally.labeled + self.traffic_disagreements
-        return found / self.texts if self.texts else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "gate_texts": self.gate_texts,
-            "gate_disagreements": self.gate_tally.labeled,
-            "gate_tally": {
-                "wins": self.gate_tally.wins,
-                "losses": self.gate_tally.losses,
-                "ties": self.gate_tally.ties,
-            },
-            "traffic_texts": self.traffic_texts,
-            "traffic_disagreements": self.traffic_disagreements,
-            "queued": self.queued,
-        }
-
-    @classmethod
-    def from_dict(cls, stored: dict[str, Any]) -> Judged:
-        return cls(
-            gate_texts=stored["gate_texts"],
-            gate_tally=Tally(**stored["gate_tally"]),
-            traffic_texts=stored["traffic_texts"],
-            traffic_disagreements=stored["traffic_disagreements"],
-            queued=stored["queued"],
-        )
-
-
-def _sources(judged: Judged, reviewed: int) -> str:
-    """What judged the candidate, in words: the decision line starts with it."""
-    parts = []
-    if judged.gate_texts:
-        parts.append(
-            f"{judged.gate_texts} gate-split texts ({judged.gate_tally.labeled} disagreements)"
-        )
-    if judged.traffic_texts:
-        parts.append(
-            f"{reviewed} reviewed traffic texts (of {judged.traffic_disagreements} "
-            f"disagreements in {judged.traffic_texts} recent stored texts neither model "
-            "learned from)"
-        )
-    return " and ".join(parts)
-
-
-def explain(judged: Judged, verdict: GateVerdict, reviewed: int) -> str:
-    """The decision line a user sees: what judged, how many texts, the test and its power."""
-    where = f"judged on {_sources(judged, reviewed)}: "
-    if verdict.verdict == "pending":
-        return (
-            f"{where}pending review: {verdict.reason}; power {verdict.power:.0%} at the "
-            f"planned count ({verdict.looks_used} of {verdict.looks} looks taken)"
-        )
-    return where + verdict.reason
 
 
 def first_look(terms: GateTerms, judged: Judged) -> tuple[GateVerdict | None, str]:
@@ -131,23 +66,37 @@ def first_look(terms: GateTerms, judged: Judged) -> tuple[GateVerdict | None, st
         unlabeled=judged.queued,
         looks=terms.looks,
         final=terms.review_hours == 0,
+        more_coming=judged.waits_for_traffic(terms),
     )
     return verdict, explain(judged, verdict, 0)
 
 
 def end_of_job_look(
-    terms: GateTerms, evidence: Evidence, most_queued: int, now: datetime
+    terms: GateTerms,
+    evidence: Evidence,
+    settings: Settings,
+    now: datetime,
+    traffic_upto: int | None = None,
 ) -> tuple[dict[str, Any], str, list[Disagreement] | None]:
     """The gate's first look, at the end of the job, on the gate split and the traffic
     sample: its record, the reason in words, and the traffic disagreements to queue for
-    review where it cannot decide yet (None once it has decided)."""
-    waits = terms.review_hours > 0
+    review where it cannot decide yet (None once it has decided). `traffic_upto`: the
+    job's mark, after which new traffic may be shown to a waiting candidate, in batches as
+    large as its own review sample (REVIEW_SAMPLE where it held back none; REVIEW_SAMPLE=0:
+    no new traffic is shown)."""
+    waits, most_queued = terms.review_hours > 0, settings.review_max_items
+    traffic_batch = (
+        (evidence.traffic_texts or settings.review_sample) if settings.review_sample else 0
+    )
     judged = Judged(
         gate_texts=evidence.gate_texts,
         gate_tally=evidence.gate_tally,
         traffic_texts=evidence.traffic_texts,
         traffic_disagreements=len(evidence.traffic),
         queued=min(len(evidence.traffic), most_queued) if waits else 0,
+        traffic_upto=traffic_upto if traffic_batch > 0 else None,
+        traffic_batch=traffic_batch,
+        queue_limit=most_queued,
     )
     verdict, why = first_look(terms, judged)
     pending = verdict is not None and verdict.verdict == "pending"
@@ -173,6 +122,7 @@ def gate_record(
         "reason": reason,
         "deadline": None,
         "looks_taken": [],
+        "waits_for_traffic": pending and judged.queued == 0 and judged.waits_for_traffic(terms),
     }
     if pending:
         deadline = now + timedelta(hours=terms.review_hours)
@@ -195,7 +145,8 @@ def _look(verdict: GateVerdict, now: datetime) -> dict[str, Any]:
 def wait_for_reviews(session: Session, job: Job, traffic: list[Disagreement], most: int) -> int:
     """Put job `job` (its candidate written `pending`) to wait for reviews: queue the first
     `most` of its traffic disagreements (already in random order) and mark it
-    pending_review, in the caller's transaction. Returns how many were queued."""
+    pending_review, in the caller's transaction. Returns how many were queued (none, where
+    the candidate waits for new traffic to find them in)."""
     assert job.candidate_version is not None and job.champion_version is not None
     added = reviews.add_disagreements(
         session, job.id, job.candidate_version, job.champion_version, traffic[:most]
@@ -228,21 +179,55 @@ def forget_earlier_candidates(session: Session, job: Job) -> None:
 
 
 def judge_pending(
-    settings: Settings, store: Store, job_id: str | None = None, now: datetime | None = None
+    settings: Settings,
+    store: Store,
+    job_id: str | None = None,
+    now: datetime | None = None,
+    score_traffic: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Look again at the candidates waiting for reviews (or at job `job_id`'s): publish,
     reject or keep waiting, as each look says. Returns the ids of the jobs decided now.
-    Cheap and idempotent; a decided job only has labels given since released to gold."""
+    Cheap and idempotent; a decided job only has labels given since released to gold.
+
+    `score_traffic(job_id)` asks a worker to score a batch of new traffic for a candidate
+    whose queue is labeled out, once that batch has arrived (None: nobody is asked)."""
+    now = now or utcnow()
     with store.session() as session:
         ids = [job_id] if job_id else jobs.pending_review(session)
     decided = []
     for one in ids:
-        swapped_to, ended = _rejudge(store, one, now or utcnow())
+        swapped_to, ended = _rejudge(store, one, now)
         if swapped_to is not None:
             notify_swap(settings, swapped_to)
         if ended:
             decided.append(one)
+        elif score_traffic is not None and _traffic_due(settings, store, one, now):
+            score_traffic(one)
     return decided
+
+
+def _traffic_due(settings: Settings, store: Store, job_id: str, now: datetime) -> bool:
+    """Whether job `job_id`'s candidate waits for new traffic and a batch of it has
+    arrived; if so, the request is noted, so that beat asks once, not every minute (again
+    only after a worker could have died on it)."""
+    with store.session() as session:
+        job = jobs.lock_job(session, job_id)
+        if job is None or job.status != jobs.PENDING_REVIEW:
+            return False
+        record = job.metrics["comparison"]
+        judged = Judged.from_dict(record["judged"])
+        if not record.get("waits_for_traffic") or judged.traffic_upto is None:
+            return False
+        asked = record.get("traffic_asked_at")
+        if asked and now < datetime.fromisoformat(asked) + timedelta(
+            seconds=settings.job_stale_seconds
+        ):
+            return False
+        if pseudo_labels.count_after(session, judged.traffic_upto) < judged.traffic_batch:
+            return False
+        record = {**record, "traffic_asked_at": now.isoformat()}
+        job.metrics = {**job.metrics, "comparison": record}
+        return True
 
 
 def _rejudge(store: Store, job_id: str, now: datetime) -> tuple[int | None, bool]:
@@ -277,10 +262,11 @@ def _rejudge(store: Store, job_id: str, now: datetime) -> tuple[int | None, bool
                 "candidate waited for reviews; not published"
             )
             return _settle(session, job, record, None, reason, now)
-        verdict = _look_again(record, judged, reviewed, session, job_id, now)
+        verdict, waits_for_traffic = _look_again(record, judged, reviewed, session, job_id, now)
         reason = explain(judged, verdict, len(labeled))
         if verdict.verdict == "pending":
             record.update(verdict=verdict.as_dict(), power=round(verdict.power, 5), reason=reason)
+            record["waits_for_traffic"] = waits_for_traffic
             record["gain"] = round(verdict.gain, 5)
             job.metrics = {**job.metrics, "comparison": record}
             job.decision_reason = f"v{job.champion_version} champion; {reason}"
@@ -297,13 +283,16 @@ def _look_again(
     session: Session,
     job_id: str,
     now: datetime,
-) -> GateVerdict:
+) -> tuple[GateVerdict, bool]:
+    """The verdict now, and whether the candidate then waits for new traffic (every
+    queued disagreement labeled, and more may come)."""
     terms = GateTerms.from_dict(record)
     before = record.get("verdict") or {}
     stored = record.get("deadline")
     deadline = datetime.fromisoformat(stored) if stored else None
     late = deadline is not None and now >= deadline
     still_open = reviews.count_items(session, DISAGREEMENT, job_id=job_id)
+    more_coming = judged.waits_for_traffic(terms) and not late
     verdict = judge(
         judged.gate_tally + reviewed,
         disagreement_rate=judged.disagreement_rate,
@@ -316,13 +305,14 @@ def _look_again(
         looks_used=int(before.get("looks_used", 0)),
         last_look_at=before.get("looked_at"),
         final=late,
+        more_coming=more_coming,
     )
     if verdict.p_value is not None and verdict.looks_used > int(before.get("looks_used", 0)):
         record["looks_taken"] = [*record.get("looks_taken", []), _look(verdict, now)]
     if deadline is not None and late and verdict.verdict == "reject":
         passed = deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
         verdict = replace(verdict, reason=f"the deadline passed ({passed}): {verdict.reason}")
-    return verdict
+    return verdict, more_coming and still_open == 0
 
 
 def _settle(

@@ -228,7 +228,7 @@ def _retrain(
         relative_cost=scored.relative_cost,
     )
     record, why, queued = gate.end_of_job_look(
-        terms, scored.evidence, settings.review_max_items, utcnow()
+        terms, scored.evidence, settings, utcnow(), traffic_upto=pool_upto
     )
     pending = queued is not None
     metrics = _metrics(scored, record)

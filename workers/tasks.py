@@ -42,10 +42,22 @@ def maybe_retrain() -> str | None:
 @celery_app.task(name="pfp.judge_pending")  # type: ignore[untyped-decorator]
 def judge_pending(job_id: str | None = None) -> list[str]:
     """Beat (every minute) and the review API (after an answer): look again at candidates
-    waiting for reviews; publish, reject or keep waiting. Cheap and idempotent."""
+    waiting for reviews; publish, reject or keep waiting, and ask a training worker to
+    score new traffic for one whose queue is labeled out. Cheap and idempotent."""
     from workers.gate import judge_pending as look_again
 
-    return look_again(get_settings(), worker_store(), job_id)
+    return look_again(
+        get_settings(), worker_store(), job_id, score_traffic=lambda one: review_traffic.delay(one)
+    )
+
+
+@celery_app.task(name="pfp.review_traffic")  # type: ignore[untyped-decorator]
+def review_traffic(job_id: str) -> int | None:
+    """Score a batch of new traffic with a waiting candidate and its champion, and queue
+    where they disagree (workers/review_traffic.py). Loads both models: a training worker's."""
+    from workers.review_traffic import score_new_traffic
+
+    return score_new_traffic(job_id, get_settings(), worker_store())
 
 
 @celery_app.task(name="pfp.sweep_stale_jobs")  # type: ignore[untyped-decorator]

@@ -143,6 +143,14 @@ class JobReview(BaseModel):
     looks: int
     next_look_at: int | None = Field(description="Decisive labels at which the next look comes.")
     deadline: UtcDatetime | None = Field(description="When a waiting candidate is decided.")
+    waits_for_traffic: bool = Field(
+        False,
+        description="Every queued disagreement is labeled and the test cannot decide yet: "
+        "the candidate waits for new traffic, scored once a batch of it has arrived.",
+    )
+    traffic_batches: int = Field(
+        0, description="Batches of traffic stored since the job that were scored for it."
+    )
 
 
 class JobView(BaseModel):

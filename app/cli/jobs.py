@@ -42,6 +42,13 @@ def review_line(job: dict[str, Any]) -> str | None:
         return None
     tally = review["tally"]
     deadline = common.when(review["deadline"]) if review.get("deadline") else "none"
+    if review.get("waits_for_traffic"):
+        return (
+            f"Pending review: every queued disagreement is labeled; needs {review['needs']} "
+            f"more reviews ({review['decisive']} of {review['planned_decisive']} decisive "
+            f"labels); waits for new traffic to be stored, then a worker queues its "
+            f"disagreements ({review['traffic_batches']} batches so far); deadline {deadline}."
+        )
     return (
         f"Pending review: needs {review['needs']} more reviews "
         f"({review['decisive']} of {review['planned_decisive']} decisive labels; "

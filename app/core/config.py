@@ -171,8 +171,9 @@ class Settings(BaseSettings):
     review_max_items: int = Field(
         400,
         ge=0,
-        description="Most of those disagreements a job queues for review, in random order so "
-        "that any labeled part of them is a fair sample.",
+        description="Most disagreements a job queues for review in all, those of its review "
+        "sample and of the new traffic a waiting candidate is shown: the labels one decision "
+        "may ask for. Queued in random order, so that any labeled part is a fair sample.",
     )
     job_stale_seconds: float = Field(
         900.0, description="A running job with no heartbeat for this long is marked failed."

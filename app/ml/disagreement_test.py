@@ -14,13 +14,16 @@ most `looks` of them, each at alpha / looks, with the sample size planned at tha
 With one look it is taken at the planned count; with more, the first is taken at once (the
 end of the job: the gate split's free labels and whatever is labeled already) and the
 others as the decisive labels pass each further share of the planned count. Whatever the
-count, a look is taken when nothing more can come (every disagreement labeled) or at the
-deadline, and that last look decides: it is taken at what the earlier looks left of alpha,
-alpha less alpha / looks for each look spent (Bonferroni: the levels of the looks taken
-add up to at most alpha, so the chance that any look publishes a candidate no better than
-the margin stays at most alpha, however the looks fall). A candidate whose disagreements
-run out before the planned count, the common case with a few hundred of them, is then
-judged at alpha rather than at a share of it. Until a look decides, the verdict is
+count, a look is taken when nothing more can come (every disagreement labeled, and no new
+traffic can bring more) or at the deadline, and that last look decides: it is taken at
+what the earlier looks left of alpha, alpha less alpha / looks for each look spent
+(Bonferroni: the levels of the looks taken add up to at most alpha, so the chance that any
+look publishes a candidate no better than the margin stays at most alpha, however the looks
+fall). A candidate whose disagreements run out before the planned count, the common case
+with a few hundred of them, is then judged at alpha rather than at a share of it. Where new
+traffic can bring more disagreements (a waiting candidate is shown the traffic stored after
+its job: workers/review_traffic.py), an empty queue is not the end: the candidate waits for
+them, and the looks stay where they are planned. Until a look decides, the verdict is
 "pending", with how many more reviews it needs.
 """
 
@@ -212,6 +215,7 @@ def judge(
     looks_used: int = 0,
     last_look_at: int | None = None,
     final: bool = False,
+    more_coming: bool = False,
 ) -> GateVerdict:
     """The verdict on `counts` (labeled disagreements) where the two models disagree on
     `disagreement_rate` of the texts they were both run on, `unlabeled` disagreements are
@@ -221,7 +225,8 @@ def judge(
     The looks (module docstring): `looks_used` spent so far, the latest look point at
     `last_look_at` decisive labels (None: no look yet, the end of the job), `final` at
     the deadline. A look that could not publish whatever the labels said (too few
-    decisive labels for any count of wins to pass) is not spent."""
+    decisive labels for any count of wins to pass) is not spent. `more_coming`: new
+    traffic can still bring disagreements, so an empty queue waits instead of deciding."""
     level = alpha / looks
     if disagreement_rate <= 0.0 and counts.labeled == 0 and unlabeled == 0:
         return _identical(counts, margin, level, looks, looks_used)
@@ -255,7 +260,7 @@ def judge(
         d, decisive_share, null_share, planned_share, planned, level, looks,
         look_points(planned, looks),
     )  # fmt: skip
-    reachable = n + round(unlabeled * decisive_share)
+    reachable = planned if more_coming else n + round(unlabeled * decisive_share)
 
     def passed(k: int | None) -> int:
         return -1 if k is None else sum(p <= k for p in plan.points)
@@ -263,20 +268,22 @@ def judge(
     due = n >= planned if looks == 1 else passed(n) > passed(last_look_at)
     spent_all = looks_used >= looks  # never, where the caller keeps what the looks said
     # Run out only when nothing is left to label: the decisive share estimated from a few
-    # labels (a first tie says none will be) must not end the test before the queue does.
-    last = final or spent_all or unlabeled <= 0 or n >= planned
+    # labels (a first tie says none will be) must not end the test before the queue does,
+    # and an empty queue does not either while new traffic can fill it.
+    ran_out = unlabeled <= 0 and not more_coming
+    last = final or spent_all or ran_out or n >= planned
     last = last or (due and looks_used + 1 >= looks)
     if last and not spent_all:
         level = alpha - looks_used * alpha / looks  # what the earlier looks left
     can_publish = not spent_all and n > 0 and critical_wins(n, null_share, level) <= n
     if not last and not (due and can_publish):
         at = n if due else last_look_at
-        return _pending(counts, gain, plan, unlabeled, reachable, looks_used, at, None)
+        return _pending(counts, gain, plan, unlabeled, reachable, looks_used, at, None, more_coming)
     used = looks_used + (1 if can_publish else 0)
     p_value = upper_tail(counts.wins, n, null_share) if n else 1.0
     published = can_publish and p_value <= level
     if not last and not published:
-        return _pending(counts, gain, plan, unlabeled, reachable, used, n, p_value)
+        return _pending(counts, gain, plan, unlabeled, reachable, used, n, p_value, more_coming)
     achieved = power(max(n, 1), null_share, planned_share, level)
     where = (
         f"{counts.wins} wins, {counts.losses} losses, {counts.ties} ties on "
@@ -335,12 +342,17 @@ def _pending(
     looks_used: int,
     looked_at: int | None,
     p_value: float | None,
+    more_coming: bool = False,
 ) -> GateVerdict:
     """Waiting for labels: how many more it needs, and where the next look comes."""
     n, planned = counts.decisive, plan.planned
-    more = min(math.ceil(max(0, planned - n) / max(plan.decisive_share, 1e-9)), unlabeled)
+    more = math.ceil(max(0, planned - n) / max(plan.decisive_share, 1e-9))
+    if not more_coming:
+        more = min(more, unlabeled)
     upcoming = [p for p in plan.points if p > max(n, looked_at or 0)]
     reason = f"needs {more} more reviews to decide ({n} of {planned} decisive labels)"
+    if more_coming and unlabeled <= 0:
+        reason += "; every queued disagreement is labeled: it waits for new traffic to review"
     if p_value is not None:
         reason = (
             f"not yet shown better at look {looks_used} of {plan.looks} "

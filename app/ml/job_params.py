@@ -250,8 +250,9 @@ class PromotionParams(Section):
         ge=0.0,
         le=24.0 * 90,
         description="How long a candidate may wait for reviews of its disagreements with the "
-        "champion (status pending_review) before it is decided on what there is (0: decide "
-        "at the end of the job on the gate split alone).",
+        "champion (status pending_review) before it is decided on what there is; a "
+        "candidate whose queue is labeled out undecided is shown new traffic meanwhile (0: "
+        "decide at the end of the job on the gate split alone).",
     )
     looks: int = Field(
         4,
@@ -259,8 +260,9 @@ class PromotionParams(Section):
         le=20,
         description="Most evaluations of the test per candidate, each at (1 - confidence) / "
         "looks: the first at the end of the job, the others as the reviews reach equal "
-        "shares of the planned count (1: one, once they all are in); the last, when the "
-        "disagreements run out or at the deadline, at what the earlier ones left.",
+        "shares of the planned count (1: one, once they all are in); the last, at the "
+        "planned count or at the deadline (or when the disagreements run out, where no new "
+        "traffic is scored), at what the earlier ones left.",
     )
 
 

@@ -138,6 +138,32 @@ def count_after(session: Session, after_id: int) -> int:
     return session.scalar(query) or 0
 
 
+def rows_after(session: Session, after_id: int, limit: int) -> list[Row[tuple[int, str]]]:
+    """(id, text) of the oldest `limit` stored predictions after `after_id`, oldest first."""
+    query = (
+        select(PseudoLabel.id, PseudoLabel.text)
+        .where(PseudoLabel.id > after_id)
+        .order_by(PseudoLabel.id)
+        .limit(limit)
+    )
+    return list(session.execute(query))
+
+
+def stored_upto(session: Session, texts: Sequence[str], upto_id: int) -> set[str]:
+    """Which of `texts` have a stored prediction with id <= `upto_id`. Texts are not
+    indexed: this reads the table once per chunk, for the rare caller that must know
+    (a waiting candidate's new traffic, once per batch)."""
+    found: set[str] = set()
+    wanted = sorted(set(texts))
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        query = select(PseudoLabel.text).where(
+            PseudoLabel.id <= upto_id, PseudoLabel.text.in_(chunk)
+        )
+        found.update(session.scalars(query.distinct()))
+    return found
+
+
 def pool_pages(
     session: Session,
     *,

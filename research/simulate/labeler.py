@@ -32,11 +32,13 @@ def _answer(service: Service, item: dict[str, Any], truth: dict[str, str]) -> No
 
 
 def review_disagreements(
-    service: Service, job_id: str, truth: dict[str, str], budget: int
+    service: Service, job_id: str, truth: dict[str, str], budget: int, may_wait: bool = False
 ) -> tuple[int, str]:
-    """Label job `job_id`'s disagreements in queue order until the gate decides or the
-    budget is spent; a candidate still waiting then is decided as at its deadline, on what
-    there is. Returns (labels given, how it was decided: "reviews" or "deadline")."""
+    """Label job `job_id`'s disagreements in queue order until the gate decides, the budget
+    is spent or the queue is empty. A candidate still waiting then waits for the next
+    round's traffic where it `may_wait`; else it is decided as at its deadline, on what
+    there is. Returns (labels given, how it was decided: "reviews", "deadline", or
+    "waiting" while it waits)."""
     spent = 0
     while spent < budget:
         items = _open_items(service, DISAGREEMENT, job_id)
@@ -52,6 +54,8 @@ def review_disagreements(
     job = service.job(job_id)
     if job["status"] != "pending_review":
         return spent, "reviews"
+    if may_wait:
+        return spent, "waiting"
     deadline = datetime.fromisoformat(job["metrics"]["comparison"]["deadline"])
     service.decide_at(job_id, deadline + timedelta(seconds=1))
     return spent, "deadline"

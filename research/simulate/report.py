@@ -77,8 +77,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Δ: the candidate's test macro-F1 minus its champion's (x100), which the gate never "
         "sees. Decided by: `end of job` (the gate split alone decided), `reviews` (a look "
-        "after a reviewed disagreement), `deadline` (the round's budget ran out first: "
-        "decided on what there was).",
+        "after a reviewed disagreement), `deadline` (the round's budget or the traffic ran out "
+        "first: decided on what there was); `after waiting`: its queue was labeled out "
+        "undecided, so it waited a round for new traffic to review (a round's candidate "
+        "waits one round at most; the last round's does not wait).",
         "",
         "Arms: " + "; ".join(f"`{a}`: {ARMS_BY_NAME[a].description}" for a in config["arms"]) + ".",
         "",

@@ -71,6 +71,8 @@ def decision_record(
         "gate_disagreements": judged["gate_disagreements"],
         "traffic_disagreements": judged["traffic_disagreements"],
         "queued": judged["queued"],
+        "traffic_texts": judged["traffic_texts"],
+        "traffic_batches": judged.get("batches", 0),
         "power": comparison.get("power"),
         "looks": len(comparison.get("looks_taken") or []),
         "candidate_test": candidate,
@@ -110,6 +112,23 @@ def audit(settings: Settings, test: Sequence[tuple[str, str]]) -> dict[str, Any]
     }
 
 
+def _decide_waiting(
+    service: Service, job_id: str, earlier: int, truth: dict[str, str], budget: int
+) -> tuple[int, dict[str, Any] | None]:
+    """The candidate that waited since the last round: beat shows it the new traffic, its
+    new disagreements are labeled, and it is decided now (at its deadline if still
+    undecided: in the simulation, a candidate waits one round). `earlier`: the reviews it
+    was given last round. Returns (labels given now, its decision)."""
+    service.look_again(job_id)
+    service.run_tasks()
+    reviews, decided_by = review_disagreements(service, job_id, truth, budget)
+    job = service.job(job_id)
+    if job["status"] != "succeeded" or job["candidate_version"] is None:
+        return reviews, None
+    record = decision_record(job, 0, earlier + reviews, decided_by)
+    return reviews, {**record, "waited_rounds": 1}
+
+
 def _one_round(
     service: Service,
     arm: Arm,
@@ -119,26 +138,40 @@ def _one_round(
     seen: list[str],
     truth: dict[str, str],
     rng: random.Random,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Traffic, job, reviews, the rest of the budget, swap: (the round, its decision)."""
+    waiting: list[tuple[str, int]],
+    last_round: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Traffic; the decision of a candidate that waited for it; the round's job and its
+    reviews; the rest of the budget; swap: (the round, its decisions). `waiting` holds the
+    job whose candidate waits for the next round's traffic (and the reviews it was given),
+    and is updated."""
     service.label(texts)
     seen.extend(texts)
+    decisions, reviews = [], 0
+    if waiting:
+        waited, given = waiting.pop()
+        reviews, earlier = _decide_waiting(service, waited, given, truth, config.budget)
+        decisions += [earlier] if earlier is not None else []
     job_id = service.submit_job(config.params(arm, seed))
     service.run_tasks()
     job = service.job(job_id)
-    reviews, decided_by = 0, "end of job"
+    mine, decided_by = 0, "end of job"
     if job["status"] == "pending_review":
-        reviews, decided_by = review_disagreements(service, job_id, truth, config.budget)
+        mine, decided_by = review_disagreements(
+            service, job_id, truth, config.budget - reviews, may_wait=not last_round
+        )
         job = service.job(job_id)
+    if decided_by == "waiting":
+        waiting.append((job_id, mine))
+    reviews += mine
     rest = config.budget - reviews
     if arm.rest_of_budget == "random":
         others = label_at_random(service, seen, truth, rest, rng)
     else:
         others = label_uncertain(service, truth, rest)
     active = service.wait_for_swap()
-    decision = None
-    if job["status"] == "succeeded" and job["candidate_version"] is not None:
-        decision = decision_record(job, 0, reviews, decided_by)
+    if decided_by != "waiting" and job["candidate_version"] is not None:
+        decisions.append({**decision_record(job, 0, mine, decided_by), "waited_rounds": 0})
     row = {
         "served_version": active["version"],
         "served_test": _test_scores(active["model"]["metrics"]),
@@ -146,7 +179,7 @@ def _one_round(
         "labels": {"reviews": reviews, arm.rest_of_budget: others, "total": reviews + others},
         "job": {"id": job_id, "status": job["status"], "error": job["error"]},
     }
-    return row, decision
+    return row, decisions
 
 
 def run_arm(
@@ -171,6 +204,7 @@ def run_arm(
         record["seconds"] = round(time.monotonic() - started, 1)
         return record
     seen: list[str] = []
+    waiting: list[tuple[str, int]] = []  # a job that waits for the next round's traffic
     rng = random.Random(f"{seed}:{arm.name}")
     gold_only = arm.pretraining == "none"
     match_taught = gold_only and config.matched_arm() == "loop_teacher"
@@ -180,13 +214,21 @@ def run_arm(
             progress(f"seed {seed} · {arm.name} · round {number}/{config.rounds}")
             round_started = time.monotonic()
             texts_only = [t for t, _ in texts]
-            row, decision = _one_round(
-                service, arm, config, seed, texts_only, seen, seed_data.truth, rng
+            row, decisions = _one_round(
+                service,
+                arm,
+                config,
+                seed,
+                texts_only,
+                seen,
+                seed_data.truth,
+                rng,
+                waiting,
+                last_round=number == config.rounds,
             )
             row = {"round": number, **row, "seconds": round(time.monotonic() - round_started, 1)}
             record["rounds"].append(row)
-            if decision is not None:
-                record["decisions"].append({**decision, "round": number})
+            record["decisions"] += [{**d, "round": number} for d in decisions]
     record["audit"] = audit(settings, test)
     record["seconds"] = round(time.monotonic() - started, 1)
     return record

@@ -32,6 +32,7 @@ from workers.bootstrap import bootstrap_first_model
 from workers.gate import judge_pending
 from workers.pipeline import current_champion, gather_pool, load_gold
 from workers.retrain import run_retrain_job
+from workers.review_traffic import score_new_traffic
 from workers.teacher import student_params
 
 ADMIN_KEY = "simulate-admin-key"
@@ -191,13 +192,24 @@ class Service:
         """Run what the API asked the workers for, in order, as a worker would."""
         tasks: dict[str, Callable[..., object]] = {
             "pfp.retrain": self._retrain,
-            "pfp.judge_pending": lambda job_id=None: judge_pending(
-                self.settings, self.worker_store, job_id
+            "pfp.judge_pending": self.look_again,
+            "pfp.review_traffic": lambda job_id: score_new_traffic(
+                job_id, self.settings, self.worker_store
             ),
         }
         while self.queue.sent:
             name, args = self.queue.sent.pop(0)
             tasks[name](*args)
+
+    def look_again(self, job_id: str | None = None) -> None:
+        """What beat does every minute: look again at waiting candidates, and ask for new
+        traffic to be scored for one whose queue is labeled out; then run what it asked."""
+        judge_pending(
+            self.settings,
+            self.worker_store,
+            job_id,
+            score_traffic=lambda one: self.queue.send_task("pfp.review_traffic", [one]),
+        )
 
     def _retrain(self, job_id: str) -> None:
         with no_pretraining() if self.gold_only else contextlib.nullcontext():

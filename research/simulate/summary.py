@@ -102,7 +102,9 @@ def gate_decisions(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, Any
         better, not_better = by_truth(decisions, lambda d: d["test_macro_f1_gain"])
         by: dict[str, int] = {}
         for d in decisions:
-            by[d["decided_by"]] = by.get(d["decided_by"], 0) + 1
+            # A candidate that waited for the next round's traffic says so.
+            how = d["decided_by"] + (" after waiting" if d.get("waited_rounds") else "")
+            by[how] = by.get(how, 0) + 1
         out[arm] = {
             "candidates": len(decisions),
             "published": len(published),

@@ -260,12 +260,34 @@ def test_the_last_look_is_taken_at_what_the_earlier_looks_left_of_alpha():
 def test_a_no_better_candidate_whose_disagreements_run_out_early_is_published_at_most_alpha():
     """Labels arrive in batches, the gate asked after each, and the candidate has only a few
     hundred disagreements (the common case): the last look spends what the others left."""
-    rng = random.Random(6)
-    published, runs = 0, 3000
+    published = _with_new_traffic(
+        0.5, 3000, seed=6, top_ups=0, moving_rate=False, free=40, queued=(0, 400)
+    )
+    assert published <= 0.05 + 0.008  # alpha plus Monte Carlo error (2 sd)
+
+
+def _with_new_traffic(
+    true_share: float,
+    runs: int,
+    seed: int,
+    top_ups: int,
+    moving_rate: bool = True,
+    free: int = 0,
+    queued: tuple[int, int] = (20, 120),
+) -> float:
+    """Share of candidates published when `queued` disagreements (a range) are queued at
+    first beside `free` decisive labels of the gate split, labels arrive in batches with
+    the gate asked after each, and each time the queue is labeled out new traffic brings
+    another batch of disagreements (`top_ups` of them at most; then the deadline decides
+    on what there is). Where `moving_rate`, the disagreement rate the gate is told moves
+    with every batch, as it does when new traffic is scored (the null does not move with
+    it at a margin of 0, the planned gain does)."""
+    rng = random.Random(seed)
+    published = 0
     for _ in range(runs):
-        n = 40
-        wins = sum(rng.random() < 0.5 for _ in range(n))
-        unlabeled, used, at = rng.randint(0, 400), 0, None
+        n, wins = free, sum(rng.random() < true_share for _ in range(free))
+        unlabeled, used, at, batches = rng.randint(*queued), 0, None, 0
+        rate = 0.1
         while True:
             verdict = judge(
                 Tally(wins, n - wins, 0),
@@ -273,16 +295,41 @@ def test_a_no_better_candidate_whose_disagreements_run_out_early_is_published_at
                 looks=4,
                 looks_used=used,
                 last_look_at=at,
-                **SEQUENTIAL,
+                final=unlabeled == 0 and batches == top_ups,
+                more_coming=batches < top_ups,
+                **{**SEQUENTIAL, "disagreement_rate": rate},
             )
             if verdict.verdict != "pending":
                 published += verdict.verdict == "publish"
                 break
             used, at = verdict.looks_used, verdict.looked_at
+            if unlabeled == 0:  # labeled out: the next batch of new traffic
+                unlabeled, batches = rng.randint(*queued), batches + 1
+                rate = rng.uniform(0.05, 0.15) if moving_rate else rate
+                continue
             batch = min(unlabeled, rng.randint(1, 40))
-            wins += sum(rng.random() < 0.5 for _ in range(batch))
+            wins += sum(rng.random() < true_share for _ in range(batch))
             n, unlabeled = n + batch, unlabeled - batch
-    assert published / runs <= 0.05 + 0.008  # alpha plus Monte Carlo error (2 sd)
+    return published / runs
+
+
+def test_a_no_better_candidate_shown_new_traffic_batch_after_batch_is_published_at_most_alpha():
+    assert _with_new_traffic(0.5, 3000, seed=7, top_ups=6) <= 0.05 + 0.008  # 2 sd
+
+
+def test_new_traffic_gives_a_better_candidate_the_planned_power_that_running_out_denies():
+    # A win share of 0.6 is the planned gain at the disagreement rate of 0.1 it keeps.
+    shown = _with_new_traffic(0.6, 1000, seed=8, top_ups=10, moving_rate=False)
+    ran_out = _with_new_traffic(0.6, 1000, seed=8, top_ups=0, moving_rate=False)
+    assert shown >= 0.8 - 0.03 and ran_out < shown - 0.2
+
+
+def test_an_empty_queue_waits_for_new_traffic_where_some_can_come():
+    common = {**SEQUENTIAL, "unlabeled": 0}
+    waits = judge(Tally(30, 20, 0), more_coming=True, **common)
+    assert waits.verdict == "pending" and waits.reviews_needed > 0
+    assert "it waits for new traffic to review" in waits.reason
+    assert judge(Tally(30, 20, 0), **common).verdict != "pending"  # nothing more can come
 
 
 def test_identical_answers_publish_only_where_a_loss_is_allowed():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -131,18 +132,29 @@ class Waiting:
 WAITING = {"promotion.min_gain": 0.2, "promotion.looks": 4}
 
 
-@pytest.fixture
-def waiting(published_copy: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Waiting]:
-    settings = published_copy
+@contextmanager
+def job_waiting(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    champion_wrong: Callable[[str], bool],
+    params: dict[str, object],
+) -> Iterator[Waiting]:
+    """A job run over stored traffic with the models answering by rule, and the API."""
     store = Store(settings.store_url)
     store_traffic(store)
-    answer_by_rules(monkeypatch, settings, traffic_wrong)
-    job_id = submit(store, **WAITING)
+    answer_by_rules(monkeypatch, settings, champion_wrong)
+    job_id = submit(store, **params)
     run_retrain_job(job_id, settings, store)
     queue = RecordingQueue()
     with TestClient(create_app(settings, job_queue=queue), headers=ADMIN) as api:
         yield Waiting(settings, store, api, queue, job_id)
     store.dispose()
+
+
+@pytest.fixture
+def waiting(published_copy: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Waiting]:
+    with job_waiting(published_copy, monkeypatch, traffic_wrong, WAITING) as w:
+        yield w
 
 
 def open_items(w: Waiting) -> list[dict[str, Any]]:

@@ -91,6 +91,8 @@ def _review(comparison: dict[str, Any], queue: dict[str, int]) -> JobReview:
         looks=int(comparison.get("looks", 1)),
         next_look_at=verdict.get("next_look_at") if pending else None,
         deadline=datetime.fromisoformat(deadline) if deadline else None,
+        waits_for_traffic=pending and bool(comparison.get("waits_for_traffic")),
+        traffic_batches=int(judged.get("batches", 0)),
     )
 
 
