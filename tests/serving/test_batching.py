@@ -175,10 +175,13 @@ def _same_scores(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
 
 
 def test_onnxruntime_serving_gives_torch_answers(published_copy: Settings):
-    """INFER_BACKEND=onnxruntime (the default) answers with PyTorch's scores."""
+    """INFER_BACKEND=onnxruntime (the default) answers with PyTorch's scores in its fp32
+    form. (Its int8 form, served where the gate on dev lets it, rounds differently on
+    different CPUs: the gate, not this test, holds it to fp32's quality.)"""
     texts = ["@united lost my bag", "great crew, thanks", "ok"]
     torch_scores = _scores(published_copy.model_copy(update={"infer_backend": "torch"}), texts)
-    _same_scores(torch_scores, _scores(published_copy, texts))
+    fp32 = published_copy.model_copy(update={"infer_int8": "never"})
+    _same_scores(torch_scores, _scores(fp32, texts))
 
 
 def test_a_version_without_its_onnx_export_serves_with_torch_untouched(
