@@ -47,7 +47,7 @@ def measure_training(
 
     from app.ml.job_params import PretrainParams
     from app.ml.joint import JointModel, mask_tokens
-    from app.ml.modeling import init_classifier
+    from app.ml.modeling import init_classifier, load_pretrained
     from app.ml.training import cpu_has_fast_bf16
 
     device = device or torch.device("cpu")
@@ -59,7 +59,7 @@ def measure_training(
     # What the naive step computes: the masked-LM loss plus the hard task loss, both on the
     # masked input, unweighted.
     objective = PretrainParams(mlm_weight=1.0, label_mode="hard", task_input="masked")
-    naive_mlm = AutoModelForMaskedLM.from_pretrained(str(base)).to(device).train()
+    naive_mlm = load_pretrained(AutoModelForMaskedLM, base).to(device).train()
     naive_clf, _ = init_classifier(base, labels)
     naive_clf.to(device).train()  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(0)

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.ml.job_params import PretrainParams
+from app.ml.modeling import load_pretrained
 
 
 def mask_tokens(
@@ -83,7 +84,7 @@ class JointModel(nn.Module):
     def from_classifier(cls, classifier: PreTrainedModel, mlm_source: Path) -> JointModel:
         """Take the MLM head from `mlm_source` (newly initialised where the checkpoint has
         none, as with all-MiniLM-L6-v2) and tie its decoder to the classifier's embeddings."""
-        masked_lm = AutoModelForMaskedLM.from_pretrained(str(mlm_source))
+        masked_lm = load_pretrained(AutoModelForMaskedLM, mlm_source)
         head = mlm_head_of(masked_lm)
         decoder = masked_lm.get_output_embeddings()
         if decoder is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,35 @@ hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 log = logging.getLogger(__name__)
+
+# transformers' from_pretrained swaps class attributes for the length of a load (it turns
+# PreTrainedModel.tie_weights and torch's init functions into no-ops) and then puts back
+# what it found. Two loads in two threads of one process (the API's hot-swap loader beside
+# another load) can each put back the other's no-op, which switches weight tying off for
+# the rest of the process: a masked-LM head then keeps its decoder bias on the meta device
+# and pre-training fails far from the cause. So every model load in this codebase takes
+# this lock.
+_LOADING = threading.Lock()
+
+
+def load_pretrained(auto_class: Any, folder: Path, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained(folder, **kwargs)`, one load at a time in this process,
+    refusing a model that came back with weights never materialised (left on the meta
+    device), which would otherwise fail only at its first use."""
+    with _LOADING:
+        model = auto_class.from_pretrained(str(folder), **kwargs)
+    empty = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.device.type == "meta"
+    ]
+    if empty:
+        raise RuntimeError(
+            f"{folder}: loading left {len(empty)} weight(s) unmaterialised (first: {empty[0]}); "
+            "another thread may have loaded a model at the same time outside load_pretrained"
+        )
+    return model
+
 
 # How a text longer than max_length tokens is cut: keep its head, or its head and its tail
 # (for long documents the end often says most: Sun et al. 2019 found a quarter head and
@@ -146,7 +176,7 @@ def labels_of(model: PreTrainedModel) -> list[str]:
 def load_classifier(folder: Path, max_length: int = 128) -> Classifier:
     """Load a sequence-classification folder for inference (eval mode, no gradients)."""
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    model = load_pretrained(AutoModelForSequenceClassification, folder)
     model.eval()
     return Classifier(
         model=model,
@@ -208,7 +238,7 @@ def init_classifier(
             "label2id": {label: i for i, label in enumerate(labels)},
             "ignore_mismatched_sizes": True,
         }
-    model = AutoModelForSequenceClassification.from_pretrained(str(start), **kwargs)
+    model = load_pretrained(AutoModelForSequenceClassification, start, **kwargs)
     keep_layers(model, layers)
     return model, tokenizer
 
