@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated arms (default loop_teacher,gold_only,gold_random,never where a "
         "teacher is given or installed, else loop,gold_only,gold_random,never)",
     )
-    parser.add_argument("--rounds", type=int, help="rounds of traffic (default 3)")
+    parser.add_argument("--rounds", type=int, help="rounds of traffic, each with a job (default 3)")
+    parser.add_argument(
+        "--wait-rounds",
+        type=int,
+        help="rounds a candidate may wait for new traffic to review, and rounds of traffic "
+        "with no job after the last (default 2)",
+    )
     parser.add_argument(
         "--initial-labels", type=int, help="labels of the first model (default 300)"
     )
@@ -103,7 +109,7 @@ def config_from(args: argparse.Namespace, tiny: Path | None) -> Any:
     from research.simulate.config import TAUGHT_ARMS, SimulateConfig
 
     overrides: dict[str, Any] = {}
-    for name in ("gold_file", "rounds", "initial_labels", "round_texts", "budget"):
+    for name in ("gold_file", "rounds", "wait_rounds", "initial_labels", "round_texts", "budget"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     for name in ("test_size", "max_length", "teacher", "base_model"):

@@ -83,6 +83,12 @@ class SimulateConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     rounds: int = 3
+    # A candidate whose queued disagreements are labeled out undecided waits for new
+    # traffic to review for at most this many rounds (the simulation's stand-in for its
+    # deadline), then is decided on what there is. After the last round's job the traffic
+    # goes on for as many rounds with no job, so that the last candidates may wait too: a
+    # running service has no last round.
+    wait_rounds: int = 2
     initial_labels: int = 300
     round_texts: int = 1000
     budget: int = 400  # labels per round, reviews and the rest together
@@ -101,6 +107,7 @@ class SimulateConfig:
             "seeds": [1],
             "arms": ["loop", "gold_only", "never"],
             "rounds": 2,
+            "wait_rounds": 1,
             "initial_labels": 150,
             "round_texts": 120,
             "budget": 24,
@@ -110,6 +117,18 @@ class SimulateConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def steps(self) -> int:
+        """Rounds of traffic in all: the rounds with a job, then those that only let the
+        last candidates wait."""
+        return self.rounds + self.wait_rounds
+
+    def step_name(self, number: int) -> str:
+        """How tables name step `number` (0: the first model)."""
+        if number <= self.rounds:
+            return f"round {number}"
+        return f"wait {number - self.rounds}"
 
     def params(self, arm: Arm, seed: int) -> JobParams:
         """The job parameters the arm's jobs run with (the body `POST /jobs` takes)."""
@@ -154,5 +173,5 @@ class SimulateConfig:
             raise ValueError("the loop_teacher arm needs a stronger teacher's encoder: --teacher")
         if min(self.rounds, self.initial_labels, self.round_texts, len(self.seeds)) < 1:
             raise ValueError("rounds, initial labels, round texts and seeds must be positive")
-        if self.budget < 0:
-            raise ValueError("the budget must not be negative")
+        if self.budget < 0 or self.wait_rounds < 0:
+            raise ValueError("the budget and wait rounds must not be negative")

@@ -33,7 +33,7 @@ class SeedData:
 
 def load(config: SimulateConfig) -> SimData:
     """The data set, deduplicated, with its fixed test split cut off."""
-    needed = config.initial_labels + config.rounds * config.round_texts
+    needed = config.initial_labels + config.steps * config.round_texts
     data = load_data(
         ReproConfig(
             gold_file=config.gold_file,
@@ -49,10 +49,11 @@ def load(config: SimulateConfig) -> SimData:
 def for_seed(data: SimData, config: SimulateConfig, seed: int) -> SeedData:
     """The seed's first labels, class-stratified, split by the store's own stable rule
     with no test share (the simulation's test split is the fixed one), and its traffic:
-    the other texts in an order of the seed's."""
+    the other texts in an order of the seed's (the rounds with a job, then those in which
+    the last candidates wait)."""
     initial, traffic = draw_labeled(data.rest, config.initial_labels, random.Random(seed))
     splits = [(text, label, split_for(text, test_fraction=0.0)) for text, label in initial]
     size = config.round_texts
-    rounds = [traffic[i * size : (i + 1) * size] for i in range(config.rounds)]
+    rounds = [traffic[i * size : (i + 1) * size] for i in range(config.steps)]
     truth = dict(data.rest)
     return SeedData(splits, rounds, truth)

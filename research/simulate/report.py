@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from research.simulate.config import ARMS_BY_NAME
+from research.simulate.config import ARMS_BY_NAME, SimulateConfig
 from research.simulate.summary import BETTER
 
 
@@ -23,16 +23,21 @@ def _interval(entry: dict[str, Any]) -> str:
     return f"{100 * entry['mean']:+.2f}{span}"
 
 
+def _config(result: dict[str, Any]) -> SimulateConfig:
+    """The run's sizes (a run from before candidates could wait rounds waited none)."""
+    return SimulateConfig.from_json({"wait_rounds": 0, **result["config"]})
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The tables: served macro-F1 per round and arm, arms against each other at the last
     round, and the gate's decisions against the candidates' true test differences."""
     config, summary = result["config"], result["summary"]
-    rounds = config["rounds"]
+    sizes = _config(result)
     lines = [
         "### Served model: test macro-F1 after each round",
         "",
-        "| arm | " + " | ".join(f"round {n}" for n in range(rounds + 1)) + " |",
-        "|---|" + "---|" * (rounds + 1),
+        "| arm | " + " | ".join(sizes.step_name(n) for n in range(sizes.steps + 1)) + " |",
+        "|---|" + "---|" * (sizes.steps + 1),
     ]
     for arm, rows in summary["served"].items():
         cells = [f"{_pct(r['mean'])} ± {_pct(r['sd'])}" for r in rows]
@@ -42,9 +47,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"Points x100, mean ± sd over seeds {config['seeds']}; round 0 is the first model "
         f"(fine-tuned on {config['initial_labels']} labels); each round brings "
         f"{config['round_texts']} texts of traffic and at most {config['budget']} labels. "
-        f"Test split: {result['data']['test']} texts nothing trains, selects or gates on.",
+        f"Test split: {result['data']['test']} texts nothing trains, selects or gates on."
+        + (
+            f" After round {sizes.rounds} no job runs: {sizes.wait_rounds} more round(s) of "
+            "traffic (`wait`) in which the last candidates may wait for disagreements to "
+            "review."
+            if sizes.wait_rounds
+            else ""
+        ),
         "",
-        f"### Arms against each other after round {rounds}",
+        f"### Arms against each other after {sizes.step_name(sizes.steps)}",
         "",
         "| arm | against | Δ served test macro-F1 [95% CI] | wins |",
         "|---|---|---|---|",
@@ -79,8 +91,10 @@ def markdown(result: dict[str, Any]) -> str:
         "sees. Decided by: `end of job` (the gate split alone decided), `reviews` (a look "
         "after a reviewed disagreement), `deadline` (the round's budget or the traffic ran out "
         "first: decided on what there was); `after waiting`: its queue was labeled out "
-        "undecided, so it waited a round for new traffic to review (a round's candidate "
-        "waits one round at most; the last round's does not wait).",
+        f"undecided, so it waited for new traffic to review (at most {sizes.wait_rounds} "
+        "round(s)); `superseded`: a newer candidate replaced its champion while it waited, "
+        "so it was not published and is left out of the shares of those better and not "
+        "better.",
         "",
         "Arms: " + "; ".join(f"`{a}`: {ARMS_BY_NAME[a].description}" for a in config["arms"]) + ".",
         "",
@@ -112,7 +126,10 @@ def plot_served(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("served model's test macro-F1 (x100)")
     seeds = len(result["config"]["seeds"])
     ax.set_title(f"Served macro-F1 per round, {seeds} seed(s), 95% intervals")
-    ax.set_xticks(range(result["config"]["rounds"] + 1))
+    sizes = _config(result)
+    ax.set_xticks(
+        range(sizes.steps + 1), [sizes.step_name(n) for n in range(sizes.steps + 1)], fontsize=8
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -9,6 +9,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 # What the replay needs of the gate's terms (app/ml/promotion.py GateTerms).
 GATE_TERMS = ("margin", "min_gain", "alpha", "target_power", "looks")
+# The words of the gate's reason for a candidate whose champion was replaced, by a newer
+# candidate, while it waited (workers/gate.py): the gate did not judge it to the end.
+SUPERSEDED = "the champion changed from"
 
 
 def _test_scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -112,21 +117,77 @@ def audit(settings: Settings, test: Sequence[tuple[str, str]]) -> dict[str, Any]
     }
 
 
+@dataclass
+class Waiting:
+    """A candidate whose queued disagreements were labeled out undecided: it waits for new
+    traffic to review."""
+
+    job_id: str
+    reviews: int  # labels it was given so far
+    rounds: int = 0  # rounds of traffic it has waited
+
+
+def _batches(job: dict[str, Any]) -> int:
+    return int(job["metrics"]["comparison"]["judged"].get("batches", 0))
+
+
 def _decide_waiting(
-    service: Service, job_id: str, earlier: int, truth: dict[str, str], budget: int
+    service: Service, waiting: Waiting, truth: dict[str, str], budget: int, may_wait_more: bool
 ) -> tuple[int, dict[str, Any] | None]:
-    """The candidate that waited since the last round: beat shows it the new traffic, its
-    new disagreements are labeled, and it is decided now (at its deadline if still
-    undecided: in the simulation, a candidate waits one round). `earlier`: the reviews it
-    was given last round. Returns (labels given now, its decision)."""
-    service.look_again(job_id)
-    service.run_tasks()
-    reviews, decided_by = review_disagreements(service, job_id, truth, budget)
-    job = service.job(job_id)
+    """A round's traffic has arrived: beat shows the waiting candidate its new traffic a
+    batch at a time, and the batch's disagreements are labeled, until it is decided, the
+    budget is spent or no batch is left. Still undecided, it waits another round where it
+    `may_wait_more`, else it is decided as at its deadline. Returns (labels given now, its
+    decision, or None while it still waits)."""
+    waiting.rounds += 1
+    spent, how = 0, "waiting"
+    while spent < budget:
+        shown = _batches(service.job(waiting.job_id))
+        service.look_again(waiting.job_id)
+        service.run_tasks()
+        given, how = review_disagreements(
+            service, waiting.job_id, truth, budget - spent, may_wait=True
+        )
+        spent += given
+        if how != "waiting" or _batches(service.job(waiting.job_id)) == shown:
+            break
+    waiting.reviews += spent
+    job = service.job(waiting.job_id)
+    if how == "waiting" and job["status"] == "pending_review":
+        if may_wait_more:
+            return spent, None
+        deadline = datetime.fromisoformat(job["metrics"]["comparison"]["deadline"])
+        service.decide_at(waiting.job_id, deadline + timedelta(seconds=1))
+        job, how = service.job(waiting.job_id), "deadline"
     if job["status"] != "succeeded" or job["candidate_version"] is None:
-        return reviews, None
-    record = decision_record(job, 0, earlier + reviews, decided_by)
-    return reviews, {**record, "waited_rounds": 1}
+        return spent, None
+    if SUPERSEDED in (job["decision_reason"] or ""):
+        how = "superseded"
+    record = decision_record(job, 0, waiting.reviews, how)
+    return spent, {**record, "waited_rounds": waiting.rounds}
+
+
+def _review_waiting(
+    service: Service,
+    config: SimulateConfig,
+    truth: dict[str, str],
+    waiting: list[Waiting],
+    final: bool,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The waiting candidates, oldest first, within the round's budget; those decided
+    leave `waiting`. Returns (labels given, decisions)."""
+    reviews, decisions = 0, []
+    for candidate in list(waiting):
+        may_wait_more = not final and candidate.rounds + 1 < config.wait_rounds
+        given, decision = _decide_waiting(
+            service, candidate, truth, config.budget - reviews, may_wait_more
+        )
+        reviews += given
+        if decision is not None or service.job(candidate.job_id)["status"] != "pending_review":
+            waiting.remove(candidate)
+        if decision is not None:
+            decisions.append(decision)
+    return reviews, decisions
 
 
 def _one_round(
@@ -138,31 +199,39 @@ def _one_round(
     seen: list[str],
     truth: dict[str, str],
     rng: random.Random,
-    waiting: list[tuple[str, int]],
-    last_round: bool,
+    waiting: list[Waiting],
+    number: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Traffic; the decision of a candidate that waited for it; the round's job and its
-    reviews; the rest of the budget; swap: (the round, its decisions). `waiting` holds the
-    job whose candidate waits for the next round's traffic (and the reviews it was given),
-    and is updated."""
+    """Traffic; the decisions of candidates that waited for it; the round's job and its
+    reviews; the rest of the budget; swap: (the round, its decisions). After the last
+    round with a job (`number` > config.rounds) only the waiting candidates are reviewed.
+    `waiting` is updated."""
     service.label(texts)
     seen.extend(texts)
-    decisions, reviews = [], 0
-    if waiting:
-        waited, given = waiting.pop()
-        reviews, earlier = _decide_waiting(service, waited, given, truth, config.budget)
-        decisions += [earlier] if earlier is not None else []
+    reviews, decisions = _review_waiting(
+        service, config, truth, waiting, final=number == config.steps
+    )
+    if number > config.rounds:
+        active = service.wait_for_swap()
+        row = {
+            "served_version": active["version"],
+            "served_test": _test_scores(active["model"]["metrics"]),
+            "traffic_texts": len(texts),
+            "labels": {"reviews": reviews, "total": reviews},
+            "job": None,
+        }
+        return row, decisions
     job_id = service.submit_job(config.params(arm, seed))
     service.run_tasks()
     job = service.job(job_id)
     mine, decided_by = 0, "end of job"
     if job["status"] == "pending_review":
         mine, decided_by = review_disagreements(
-            service, job_id, truth, config.budget - reviews, may_wait=not last_round
+            service, job_id, truth, config.budget - reviews, may_wait=config.wait_rounds > 0
         )
         job = service.job(job_id)
     if decided_by == "waiting":
-        waiting.append((job_id, mine))
+        waiting.append(Waiting(job_id, mine))
     reviews += mine
     rest = config.budget - reviews
     if arm.rest_of_budget == "random":
@@ -199,32 +268,24 @@ def run_arm(
     record: dict[str, Any] = {"seed": seed, "arm": arm.name, "rounds": [first], "decisions": []}
     if not arm.retrains:
         # Nothing the traffic or labels do changes what serves: the first model's scores.
-        for number in range(1, config.rounds + 1):
+        for number in range(1, config.steps + 1):
             record["rounds"].append({**first, "round": number})
         record["seconds"] = round(time.monotonic() - started, 1)
         return record
     seen: list[str] = []
-    waiting: list[tuple[str, int]] = []  # a job that waits for the next round's traffic
+    waiting: list[Waiting] = []  # candidates that wait for the next round's traffic
     rng = random.Random(f"{seed}:{arm.name}")
     gold_only = arm.pretraining == "none"
     match_taught = gold_only and config.matched_arm() == "loop_teacher"
     with Service(settings, gold_only, match_taught) as service:
         service.wait_for_swap()
         for number, texts in enumerate(seed_data.rounds, 1):
-            progress(f"seed {seed} · {arm.name} · round {number}/{config.rounds}")
+            step = f"{config.step_name(number)} ({number}/{config.steps})"
+            progress(f"seed {seed} · {arm.name} · {step}")
             round_started = time.monotonic()
             texts_only = [t for t, _ in texts]
             row, decisions = _one_round(
-                service,
-                arm,
-                config,
-                seed,
-                texts_only,
-                seen,
-                seed_data.truth,
-                rng,
-                waiting,
-                last_round=number == config.rounds,
+                service, arm, config, seed, texts_only, seen, seed_data.truth, rng, waiting, number
             )
             row = {"round": number, **row, "seconds": round(time.monotonic() - round_started, 1)}
             record["rounds"].append(row)

@@ -65,7 +65,7 @@ def run(
             "threads": torch.get_num_threads(),
         },
         "runs": runs,
-        "summary": summarize(runs, config.arms, config.rounds),
+        "summary": summarize(runs, config.arms, config.steps),
     }
     result["seconds"] = round(time.monotonic() - started, 1)
     write_outputs(

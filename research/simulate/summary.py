@@ -99,7 +99,10 @@ def gate_decisions(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, Any
         if not decisions:
             continue
         published = [d for d in decisions if d["published"]]
-        better, not_better = by_truth(decisions, lambda d: d["test_macro_f1_gain"])
+        # A candidate whose champion a newer one replaced while it waited was never judged
+        # to the end: it counts as a candidate, not in the gate's power or false publishes.
+        judged = [d for d in decisions if d["decided_by"] != "superseded"]
+        better, not_better = by_truth(judged, lambda d: d["test_macro_f1_gain"])
         by: dict[str, int] = {}
         for d in decisions:
             # A candidate that waited for the next round's traffic says so.

@@ -47,7 +47,7 @@ def simulated(
     tiny_base: Path, tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict, Path, Path]:
     folder = tmp_path_factory.mktemp("simulate")
-    gold_file = write_gold_file(folder / "gold.jsonl", n=600)
+    gold_file = write_gold_file(folder / "gold.jsonl", n=700)
     out = folder / "out"
     argv = [
         "--quick",
@@ -72,8 +72,11 @@ def simulated(
 
 def test_every_arm_records_the_served_macro_f1_after_every_round(simulated):
     result, _, _ = simulated
-    rounds = result["config"]["rounds"]
-    assert rounds == 2 and result["config"]["seeds"] == [1]
+    config = result["config"]
+    assert config["rounds"] == 2 and config["seeds"] == [1]
+    # The rounds with a job, then one in which the last candidates may wait.
+    rounds = config["rounds"] + config["wait_rounds"]
+    assert config["wait_rounds"] == 1
     assert sorted(r["arm"] for r in result["runs"]) == sorted(ARMS)
     for run in result["runs"]:
         assert [row["round"] for row in run["rounds"]] == list(range(rounds + 1)), run["arm"]
@@ -98,14 +101,18 @@ def test_gate_decisions_carry_the_candidates_true_test_difference(simulated):
         if run["arm"] == "never":
             assert run["decisions"] == []
             continue
-        jobs = [row["job"] for row in run["rounds"][1:]]
-        # A candidate may wait for the next round's traffic; the last round's may not.
+        rounds = result["config"]["rounds"]
+        jobs = [row["job"] for row in run["rounds"][1 : rounds + 1]]
+        # No job runs in the round after the last: only waiting candidates are reviewed.
+        assert [row["job"] for row in run["rounds"][rounds + 1 :]] == [None]
+        # A candidate may wait for the next round's traffic; by the end each is decided.
         assert all(job["status"] in ("succeeded", "pending_review") for job in jobs), jobs
-        assert jobs[-1]["status"] == "succeeded"
         assert len(run["decisions"]) == len(jobs)
         store = Store(f"sqlite:///{out / 'stores' / 'seed1' / run['arm'] / 'service.db'}")
         try:
             with store.session() as session:
+                for job in jobs:
+                    assert session.get(Job, job["id"]).status == "succeeded"
                 for d in run["decisions"]:
                     row = versions.get_version(session, d["candidate_version"])
                     assert row is not None
@@ -114,7 +121,7 @@ def test_gate_decisions_carry_the_candidates_true_test_difference(simulated):
                     gain = d["candidate_test"]["macro_f1"] - d["champion_test"]["macro_f1"]
                     assert d["test_macro_f1_gain"] == pytest.approx(gain, abs=1e-5)
                     assert d["published"] == (row.decision == "published")
-                    assert d["decided_by"] in ("end of job", "reviews", "deadline")
+                    assert d["decided_by"] in ("end of job", "reviews", "deadline", "superseded")
                     assert d["reviews"] <= (1 + d["waited_rounds"]) * result["config"]["budget"]
                     served_after = run["rounds"][d["round"]]["served_version"]
                     if d["waited_rounds"]:  # decided before that round's own job ran
@@ -147,7 +154,8 @@ def test_labels_stay_within_the_budget_of_each_round(simulated):
     assert spent > 0
     assert result["summary"]["labels_per_round_max"] <= budget
     random_arm = next(r for r in result["runs"] if r["arm"] == "gold_random")
-    assert all("random" in row["labels"] for row in random_arm["rounds"][1:])
+    rounds = result["config"]["rounds"]
+    assert all("random" in row["labels"] for row in random_arm["rounds"][1 : rounds + 1])
 
 
 def test_results_md_and_the_plot_are_written(simulated):
@@ -243,7 +251,7 @@ def test_other_sizes_run_again_and_a_live_claim_is_left_to_its_process(tmp_path)
 
 
 def test_two_processes_share_the_arms_and_the_outputs_cover_them_all(tmp_path, tiny_base, capsys):
-    gold_file = write_gold_file(tmp_path / "gold.jsonl", n=600)
+    gold_file = write_gold_file(tmp_path / "gold.jsonl", n=700)
     out = tmp_path / "out"
     arms = ["gold_only", "gold_random", "never"]
     argv = ["--quick", "--gold-file", str(gold_file), "--base-model", str(tiny_base)]
@@ -320,35 +328,46 @@ def test_a_decision_line_of_the_older_gate_is_judged_at_what_its_looks_left():
     assert row["seen_gain"] == pytest.approx(0.13 * 22 / 130)
 
 
-def test_a_candidate_that_cannot_be_decided_in_its_round_waits_for_the_next_rounds_traffic(
+def test_a_candidate_that_cannot_be_decided_in_its_round_waits_for_later_rounds_traffic(
     tmp_path, tiny_base
 ):
-    """Planned for a small gain at one look, a round's reviews cannot decide the first
-    candidate: it waits, the next round's traffic is scored for it (a batch as large as
-    its review sample), its new disagreements are labeled within that round's budget, and
-    it is decided before that round's own job runs."""
-    gold_file = write_gold_file(tmp_path / "gold.jsonl", n=600)
+    """Planned for a small gain at one look, a round's reviews cannot decide a candidate: it
+    waits, each later round's traffic is scored for it (batches as large as its review
+    sample), its new disagreements are labeled within that round's budget, and after two
+    rounds of waiting at most it is decided; the last round's candidate waits through the
+    rounds with no job."""
+    gold_file = write_gold_file(tmp_path / "gold.jsonl", n=800)
     out = tmp_path / "out"
     argv = ["--quick", "--gold-file", str(gold_file), "--base-model", str(tiny_base)]
     small_gain = ["--param", "promotion.min_gain=0.02", "--param", "promotion.looks=1"]
+    waits = ["--wait-rounds", "2"]
     with pytest.raises(SystemExit) as exit_status:
-        main([*argv, "--arms", "gold_only", "--keep-stores", "--out", str(out), *FAST, *small_gain])
+        main(
+            [*argv, "--arms", "gold_only", "--keep-stores", "--out", str(out), *FAST]
+            + small_gain
+            + waits
+        )
     assert exit_status.value.code == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
-    first, second = run["rounds"][1], run["rounds"][2]
-    assert first["job"]["status"] == "pending_review" and second["job"]["status"] == "succeeded"
+    job_round = {row["job"]["id"]: row["round"] for row in run["rounds"][1:3]}
+    assert [row["job"] for row in run["rounds"][3:]] == [None, None]
+    assert sorted(d["job_id"] for d in run["decisions"]) == sorted(job_round)
     waited = [d for d in run["decisions"] if d["waited_rounds"]]
-    assert [d["job_id"] for d in waited] == [first["job"]["id"]]
-    assert waited[0]["round"] == 2 and waited[0]["decided_by"] in ("reviews", "deadline")
-    assert waited[0]["traffic_batches"] <= 1
-    assert waited[0]["reviews"] <= first["labels"]["reviews"] + second["labels"]["reviews"]
-    assert len(run["decisions"]) == 2  # the second round's job was decided in its round
+    assert waited, run["decisions"]
+    for d in waited:
+        assert 1 <= d["waited_rounds"] <= 2
+        assert d["round"] == job_round[d["job_id"]] + d["waited_rounds"]
+        assert d["decided_by"] in ("reviews", "deadline", "superseded")
+        # Shown new traffic, labeled within the budgets of the rounds it waited through.
+        assert d["traffic_batches"] >= 1
+        rows = run["rounds"][job_round[d["job_id"]] : d["round"] + 1]
+        assert d["reviews"] <= sum(row["labels"]["reviews"] for row in rows)
     assert all(row["labels"]["total"] <= 24 for row in run["rounds"][1:])
     store = Store(f"sqlite:///{out / 'stores' / 'seed1' / 'gold_only' / 'service.db'}")
     try:
         with store.session() as session:
-            job = session.get(Job, first["job"]["id"])
-            assert job is not None
+            job = session.get(Job, waited[0]["job_id"])
+            assert job is not None and job.status == "succeeded"
             judged = job.metrics["comparison"]["judged"]
     finally:
         store.dispose()

@@ -297,6 +297,51 @@ def test_processes_starting_together_on_an_empty_database_all_succeed(
     assert schema_drift(raw_engine) == []
 
 
+def _locked_then_real(monkeypatch: pytest.MonkeyPatch, times: int, message: str) -> list[int]:
+    """Make the store's upgrade fail `times` times with SQLite's `message`, then run."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.store import migrations
+
+    real, calls = migrations._upgrade, []
+
+    def flaky(engine: Engine) -> None:
+        calls.append(1)
+        if len(calls) <= times:
+            raise OperationalError("PRAGMA journal_mode=WAL", {}, sqlite3.OperationalError(message))
+        real(engine)
+
+    monkeypatch.setattr(migrations, "_upgrade", flaky)
+    return calls
+
+
+def test_a_store_another_process_has_locked_for_a_moment_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # What processes opening a new SQLite store together can meet: "database is locked"
+    # at once, where SQLite will not wait for the other.
+    calls = _locked_then_real(monkeypatch, 3, "database is locked")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    Store(url).dispose()
+    assert len(calls) == 4
+    engine = create_engine(url)
+    try:
+        assert revisions(engine) == [head_revision()]
+    finally:
+        engine.dispose()
+
+
+def test_other_database_errors_are_not_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sqlalchemy.exc import OperationalError
+
+    calls = _locked_then_real(monkeypatch, 3, "disk I/O error")
+    with pytest.raises(OperationalError, match="disk I/O error"):
+        Store(f"sqlite:///{tmp_path / 'store.db'}")
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
 def test_upgrading_says_it_once_and_alembics_own_lines_only_at_debug(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], level: str, shown: bool

@@ -10,6 +10,7 @@ baseline with its rows; one upgraded by a newer release is refused with `SchemaE
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy import BigInteger, Connection, Engine, inspect, text  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,11 @@ BASELINE_TABLES = frozenset(
 _POSTGRES_LOCK_KEY = 0x7066_7073_6368_656D
 # How long a starting process waits for another one's SQLite migration (ms).
 _SQLITE_LOCK_WAIT_MS = 600_000
+# SQLite answers "database is locked" at once, without waiting out its busy timeout, where
+# waiting could deadlock (a reader asking to become the writer) and around a switch of
+# journal mode, which processes opening a new store together can meet. The upgrade is one
+# transaction, so it is tried again from the start, this many times at most.
+_SQLITE_LOCKED_TRIES = 20
 
 
 class SchemaError(RuntimeError):
@@ -66,6 +73,19 @@ def current_revisions(conn: Connection) -> tuple[str, ...]:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Create or upgrade the schema to the newest revision; safe to call from many processes."""
+    tries = _SQLITE_LOCKED_TRIES if engine.dialect.name == "sqlite" else 1
+    for attempt in range(1, tries + 1):
+        try:
+            _upgrade(engine)
+            return
+        except OperationalError as error:
+            if "database is locked" not in str(error) or attempt == tries:
+                raise
+            log.info("The store is locked by another process opening it; trying again")
+            time.sleep(min(0.05 * attempt, 1.0))
+
+
+def _upgrade(engine: Engine) -> None:
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
     with engine.connect() as conn:
