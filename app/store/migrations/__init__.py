@@ -36,10 +36,10 @@ BASELINE_TABLES = frozenset(
 _POSTGRES_LOCK_KEY = 0x7066_7073_6368_656D
 # How long a starting process waits for another one's SQLite migration (ms).
 _SQLITE_LOCK_WAIT_MS = 600_000
-# SQLite answers "database is locked" at once, without waiting out its busy timeout, where
-# waiting could deadlock (a reader asking to become the writer) and around a switch of
-# journal mode, which processes opening a new store together can meet. The upgrade is one
-# transaction, so it is tried again from the start, this many times at most.
+# SQLite can answer "database is locked" at once instead of waiting out its busy timeout
+# (where waiting could deadlock, as when a reader asks to become the writer), and processes
+# opening a new store together have met it under load. The upgrade is one transaction, so
+# it is tried again from the start, this many times at most.
 _SQLITE_LOCKED_TRIES = 20
 
 
