@@ -40,6 +40,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|" + "---|" * (sizes.steps + 1),
     ]
     for arm, rows in summary["served"].items():
+        if not rows:
+            continue  # a run summarized before this arm's first record was kept
         cells = [f"{_pct(r['mean'])} ± {_pct(r['sd'])}" for r in rows]
         lines.append(f"| `{arm}` | " + " | ".join(cells) + " |")
     lines += [
@@ -115,6 +117,8 @@ def plot_served(result: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm, rows in result["summary"]["served"].items():
+        if not rows:
+            continue
         x = [r["round"] for r in rows]
         mean = [100 * r["mean"] for r in rows]
         (line,) = ax.plot(x, mean, marker="o", label=arm)

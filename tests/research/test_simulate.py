@@ -23,6 +23,7 @@ from research.simulate.__main__ import build_parser, config_from, main
 from research.simulate.config import ARMS_BY_NAME, DEFAULT_ARMS, TAUGHT_ARMS, SimulateConfig
 from research.simulate.data import load
 from research.simulate.replay import markdown, replay
+from research.simulate.report import markdown as report_markdown
 from research.simulate.run import KeptRuns
 from research.simulate.service import Service
 from tests.conftest import write_gold_file
@@ -166,6 +167,13 @@ def test_results_md_and_the_plot_are_written(simulated):
     for arm in ARMS:
         assert f"| `{arm}` |" in md
     assert (out / "served.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Summarized while an arm has no record kept yet (another process still runs it): the
+    # arm has no row, rather than an empty one.
+    partial = {**result, "summary": {**result["summary"]}}
+    partial["summary"]["served"] = {**result["summary"]["served"], "loop_teacher": []}
+    served_table = report_markdown(partial).split("### Arms against each other")[0]
+    assert "| `loop_teacher` |" not in served_table
+    assert "| `loop` |" in served_table
 
 
 def test_the_test_split_never_enters_what_trains_selects_or_gates(simulated):
