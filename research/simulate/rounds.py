@@ -190,6 +190,21 @@ def _review_waiting(
     return reviews, decisions
 
 
+def _served_row(
+    service: Service, texts: Sequence[str], labels: dict[str, int], job: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The round's row, once the API process serves what is active: the served version
+    and its test scores, the traffic, the labels spent and the round's job (None: none)."""
+    active = service.wait_for_swap()
+    return {
+        "served_version": active["version"],
+        "served_test": _test_scores(active["model"]["metrics"]),
+        "traffic_texts": len(texts),
+        "labels": labels,
+        "job": job,
+    }
+
+
 def _one_round(
     service: Service,
     arm: Arm,
@@ -212,15 +227,7 @@ def _one_round(
         service, config, truth, waiting, final=number == config.steps
     )
     if number > config.rounds:
-        active = service.wait_for_swap()
-        row = {
-            "served_version": active["version"],
-            "served_test": _test_scores(active["model"]["metrics"]),
-            "traffic_texts": len(texts),
-            "labels": {"reviews": reviews, "total": reviews},
-            "job": None,
-        }
-        return row, decisions
+        return _served_row(service, texts, {"reviews": reviews, "total": reviews}, None), decisions
     job_id = service.submit_job(config.params(arm, seed))
     service.run_tasks()
     job = service.job(job_id)
@@ -238,17 +245,11 @@ def _one_round(
         others = label_at_random(service, seen, truth, rest, rng)
     else:
         others = label_uncertain(service, truth, rest)
-    active = service.wait_for_swap()
     if decided_by != "waiting" and job["candidate_version"] is not None:
         decisions.append({**decision_record(job, 0, mine, decided_by), "waited_rounds": 0})
-    row = {
-        "served_version": active["version"],
-        "served_test": _test_scores(active["model"]["metrics"]),
-        "traffic_texts": len(texts),
-        "labels": {"reviews": reviews, arm.rest_of_budget: others, "total": reviews + others},
-        "job": {"id": job_id, "status": job["status"], "error": job["error"]},
-    }
-    return row, decisions
+    labels = {"reviews": reviews, arm.rest_of_budget: others, "total": reviews + others}
+    state = {"id": job_id, "status": job["status"], "error": job["error"]}
+    return _served_row(service, texts, labels, state), decisions
 
 
 def run_arm(
