@@ -289,7 +289,7 @@ def _teach(
         report.plan(TEACHER_STAGES)
         report.enter("teacher")
         teacher_version = teacher.train_teacher(
-            job_id, params, choice.encoder, settings, store, champion, data, report
+            job_id, params, choice, settings, store, champion, data, report
         )
     elif teacher_version is not None:
         report.plan(RELABEL_STAGES)

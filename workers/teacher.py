@@ -8,7 +8,10 @@ may learn from a **teacher version**: the TEACHER_MODEL encoder (all-mpnet-base-
 `make teacher` installed it) fine-tuned on gold train, keeping its best dev checkpoint,
 recorded in the registry like any version but never activated by a job. It scores the
 pool itself; its scores are kept per text and teacher version, so the next job pays only
-for the texts it has not scored yet.
+for the texts it has not scored yet. Once gold has grown enough, a job makes the next
+teacher version by fine-tuning the newest one further on all of gold train, a few dozen
+steps rather than the encoder's whole fine-tuning again: a bigger encoder's training step
+costs several times a student's on a CPU, and gold grows round after round.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class TeacherChoice:
     version: int | None  # None: the serving model, through its stored predictions
     encoder: Path | None  # set where a new teacher version must be fine-tuned first
     reason: str
+    # The teacher version `encoder` holds, where the new one continues from it.
+    warm_from: int | None = None
 
     @property
     def stronger(self) -> bool:
@@ -94,13 +99,18 @@ def choose(
     if newest is not None:
         trained_on = int(newest.lineage.get("gold_train") or 0)
         grown = len(data.train[0]) / max(1, trained_on) - 1
-        if installed and asked.refresh_growth and grown >= asked.refresh_growth:
-            return TeacherChoice(
-                None,
-                encoder,
-                f"a new teacher from {encoder.name}: gold train grew {grown:.0%} since "
-                f"teacher v{newest.version} was trained",
-            )
+        if asked.refresh_growth and grown >= asked.refresh_growth:
+            why = f"gold train grew {grown:.0%} since teacher v{newest.version} was trained"
+            folder = version_dir(settings, newest.version)
+            if asked.refresh_steps and (folder / "config.json").is_file():
+                return TeacherChoice(
+                    None,
+                    folder,
+                    f"teacher v{newest.version} fine-tuned further on all of gold train: {why}",
+                    warm_from=newest.version,
+                )
+            if installed:
+                return TeacherChoice(None, encoder, f"a new teacher from {encoder.name}: {why}")
         return TeacherChoice(newest.version, None, f"teacher version v{newest.version}")
     if installed:
         return TeacherChoice(None, encoder, f"a new teacher fine-tuned from {encoder.name}")
@@ -120,19 +130,32 @@ def choose(
 def train_teacher(
     job_id: str,
     params: JobParams,
-    encoder: Path,
+    choice: TeacherChoice,
     settings: Settings,
     store: Store,
     champion: Champion,
     data: Gold,
     report: JobReporter,
 ) -> int:
-    """Fine-tune `encoder` on gold train for `teacher.finetune_steps`, keeping its best dev
-    checkpoint, evaluate it, and record it as a teacher version; returns the version."""
+    """Fine-tune the choice's encoder on gold train for `teacher.finetune_steps` (or the
+    newest teacher version for `teacher.refresh_steps`), keeping its best dev checkpoint,
+    evaluate it, and record it as a teacher version; returns the version."""
     started = time.monotonic()
+    encoder = choice.encoder
+    assert encoder is not None
+    warm = choice.warm_from is not None
+    steps = params.teacher.refresh_steps if warm else params.teacher.finetune_steps
+    base_encoder = str(encoder)
+    if warm:
+        with store.session() as session:
+            parent = versions.get_version(session, choice.warm_from)
+            if parent is not None:
+                base_encoder = str(
+                    parent.lineage.get("base_encoder", parent.lineage.get("start_path"))
+                )
     recipe = params.updated(
         {
-            "finetune.max_steps": params.teacher.finetune_steps,
+            "finetune.max_steps": steps,
             "finetune.learning_rate": params.teacher.learning_rate,
             "student_layers": 0,
         }
@@ -148,6 +171,9 @@ def train_teacher(
         "kind": "teacher",
         "job_id": job_id,
         "start_path": str(encoder),
+        "base_encoder": base_encoder,
+        "warm_from": choice.warm_from,
+        "finetune_steps": steps,
         "gold_train": len(data.train[0]),
         "gold_dev": len(data.dev[0]),
         "params": {"teacher": params.teacher.model_dump(), "seed": params.seed},
@@ -160,7 +186,7 @@ def train_teacher(
         store,
         lambda folder: save_classifier(model, tokenizer, folder),
         labels=champion.labels,
-        parent_version=None,
+        parent_version=choice.warm_from,
         job_id=job_id,
         metrics=evaluation.metrics,
         lineage=lineage,
@@ -170,7 +196,7 @@ def train_teacher(
         "job %s: teacher v%s from %s in %.0f s, dev macro-F1 %s",
         job_id,
         version,
-        encoder.name,
+        f"v{choice.warm_from}" if warm else encoder.name,
         seconds,
         evaluation.metrics.get("dev", {}).get("macro_f1"),
     )

@@ -304,6 +304,14 @@ class TeacherParams(Section):
         description="Fine-tune a new teacher once gold train has grown by this share since "
         "the newest one was trained (0: keep the newest).",
     )
+    refresh_steps: int = Field(
+        48,
+        ge=0,
+        description="A new teacher made because gold grew starts from the newest teacher "
+        "version and fine-tunes this many steps on all of gold train, keeping its best dev "
+        "checkpoint, the weights it started from included (0: from the encoder again, for "
+        "teacher.finetune_steps).",
+    )
     pool_passes: float = Field(
         3.0,
         ge=1.0,

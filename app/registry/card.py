@@ -92,12 +92,15 @@ def _teacher_rows(lineage: dict[str, Any]) -> list[tuple[str, str]]:
     """Who taught a candidate (workers/teacher.py), or how a teacher was made."""
     if lineage.get("kind") == "teacher":
         selection = lineage.get("selection") or {}
+        warm = lineage.get("warm_from")
+        further = f"teacher v{warm} fine-tuned further on " if warm is not None else ""
         return [
             ("teacher of", "students of later jobs (`teacher.version`, or the newest)"),
             (
                 "fine-tuned",
-                f"{lineage.get('gold_train')} gold train texts, best dev checkpoint at step "
-                f"{selection.get('best_step', '?')}, in {lineage.get('finetune_seconds')} s",
+                f"{further}{lineage.get('gold_train')} gold train texts, best dev checkpoint "
+                f"at step {selection.get('best_step', '?')}, "
+                f"in {lineage.get('finetune_seconds')} s",
             ),
         ]
     taught = lineage.get("taught_by")
@@ -180,13 +183,15 @@ def model_card(
     )
     parent = f"v{parent_version}" if parent_version is not None else "none (the first model)"
     is_teacher = lineage.get("kind") == "teacher" and "start_path" in lineage
+    # A later teacher version continues from an earlier one: its base is still the encoder.
+    base = lineage.get("base_encoder", lineage.get("start_path")) if is_teacher else None
     rows = [
         ("version", f"v{version}"),
         ("parent version", parent),
         ("made by", made_by),
         ("job decision", f"{decision} (whether it serves now: `GET /models`)"),
         # A teacher is fine-tuned from its own encoder, not from the service's base model.
-        ("base model", f"`{lineage['start_path'] if is_teacher else settings.base_model_path}`"),
+        ("base model", f"`{base or settings.base_model_path}`"),
         ("started from", f"`{lineage.get('start_path', settings.base_model_path)}`"),
         ("labels", ", ".join(f"{i} `{label}`" for i, label in enumerate(labels))),
         ("encoder layers", str(lineage.get("layers", "as the base model"))),

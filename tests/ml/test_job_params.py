@@ -65,6 +65,7 @@ FLAT_BEFORE_SECTIONS = {
     "teacher_finetune_steps": "teacher.finetune_steps",
     "teacher_learning_rate": "teacher.learning_rate",
     "teacher_refresh_growth": "teacher.refresh_growth",
+    "teacher_refresh_steps": "teacher.refresh_steps",
     "teacher_pool_passes": "teacher.pool_passes",  # new since: every field has a flat name
 }
 # A value for each, none of them its default.
@@ -112,6 +113,7 @@ FLAT_BODY = {
     "teacher_finetune_steps": 40,
     "teacher_learning_rate": 3e-5,
     "teacher_refresh_growth": 0.5,
+    "teacher_refresh_steps": 12,
     "teacher_pool_passes": 2.0,
 }
 

@@ -147,21 +147,53 @@ def test_the_teacher_scores_are_its_own_logits_not_the_stored_ones(with_teacher)
     assert kept != pytest.approx([1.0, 0.0, -1.0], abs=0.05)  # not the stored prediction
 
 
-def test_gold_grown_past_the_refresh_share_makes_a_new_teacher(with_teacher):
-    settings, store = with_teacher
-    assert _run(store, settings).status == "succeeded"
+def _grow_gold(store: Store) -> None:
     with store.session() as s:
         extra = [gold.GoldItem(t, lbl, "train") for t, lbl in synthetic_texts(200, 77)]
         gold.import_gold(s, extra, "test")
-    job = _run(store, settings, **{"teacher.refresh_growth": 0.5})
+
+
+def test_gold_grown_past_the_refresh_share_fine_tunes_the_newest_teacher_further(with_teacher):
+    settings, store = with_teacher
+    assert _run(store, settings).status == "succeeded"
+    _grow_gold(store)
+    job = _run(store, settings, **{"teacher.refresh_growth": 0.5, "teacher.refresh_steps": 2})
     assert job.status == "succeeded", job.error
     with store.session() as s:
         teachers = [v for v in versions.list_versions(s) if v.decision == "teacher"]
-        assert len(teachers) == 2
+        assert [v.version for v in teachers] == [4, 2]
         newest = teachers[0]
         taught = versions.get_version(s, job.candidate_version).lineage["taught_by"]
         assert taught["version"] == newest.version
+        assert "teacher v2 fine-tuned further on all of gold train" in taught["reason"]
         assert "gold train grew" in taught["reason"]
+        assert newest.parent_version == 2
+        assert newest.lineage["warm_from"] == 2 and newest.lineage["finetune_steps"] == 2
+        assert newest.lineage["start_path"] == str(version_dir(settings, 2))
+        assert newest.lineage["base_encoder"] == settings.teacher_model
+        assert newest.lineage["gold_train"] > teachers[1].lineage["gold_train"]
+        # It scored the pool anew: the texts' old scores are the older teacher's.
+        scored = versions.get_version(s, job.candidate_version).lineage["pool"]["teacher"]
+        assert scored["version"] == 4 and scored["from_cache"] == 0
+    card = (version_dir(settings, 4) / "README.md").read_text()
+    assert f"| base model | `{settings.teacher_model}` |" in card
+    assert f"| started from | `{version_dir(settings, 2)}` |" in card
+    assert "teacher v2 fine-tuned further on " in card
+
+
+def test_a_refresh_with_no_steps_of_its_own_fine_tunes_the_encoder_again(with_teacher):
+    settings, store = with_teacher
+    assert _run(store, settings).status == "succeeded"
+    _grow_gold(store)
+    job = _run(store, settings, **{"teacher.refresh_growth": 0.5, "teacher.refresh_steps": 0})
+    assert job.status == "succeeded", job.error
+    with store.session() as s:
+        newest = next(v for v in versions.list_versions(s) if v.decision == "teacher")
+        taught = versions.get_version(s, job.candidate_version).lineage["taught_by"]
+    assert newest.version == 4 and newest.parent_version is None
+    assert newest.lineage["start_path"] == settings.teacher_model
+    assert newest.lineage["finetune_steps"] == SMALL["teacher.finetune_steps"]
+    assert taught["reason"].startswith("a new teacher from ")
 
 
 def test_without_a_teacher_installed_the_serving_model_teaches_and_says_why(ready_store):
