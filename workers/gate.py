@@ -257,6 +257,8 @@ def _rejudge(store: Store, job_id: str, now: datetime) -> tuple[int | None, bool
             reason = f"v{active} was activated by hand while it waited for reviews"
             return _settle(session, job, record, None, reason, now, published=True)
         if active != job.champion_version:
+            # Said as a field too, so that a reader need not parse the reason.
+            record["champion_changed_to"] = active
             reason = (
                 f"the champion changed from v{job.champion_version} to v{active} while this "
                 "candidate waited for reviews; not published"

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 # What the replay needs of the gate's terms (app/ml/promotion.py GateTerms).
 GATE_TERMS = ("margin", "min_gain", "alpha", "target_power", "looks")
-# The words of the gate's reason for a candidate whose champion was replaced, by a newer
-# candidate, while it waited (workers/gate.py): the gate did not judge it to the end.
-SUPERSEDED = "the champion changed from"
 
 
 def _test_scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -161,7 +158,9 @@ def _decide_waiting(
         job, how = service.job(waiting.job_id), "deadline"
     if job["status"] != "succeeded" or job["candidate_version"] is None:
         return spent, None
-    if SUPERSEDED in (job["decision_reason"] or ""):
+    if job["metrics"]["comparison"].get("champion_changed_to") is not None:
+        # Its champion was replaced, by another candidate, while it waited: the gate did
+        # not judge it to the end.
         how = "superseded"
     record = decision_record(job, 0, waiting.reviews, how)
     return spent, {**record, "waited_rounds": waiting.rounds}

@@ -376,6 +376,7 @@ def test_a_champion_changed_while_pending_is_not_replaced(waiting: Waiting):
     job = job_row(w.store, w.job_id)
     assert job.status == "succeeded" and job.promoted is False
     assert f"the champion changed from v1 to v{other}" in job.decision_reason
+    assert job.metrics["comparison"]["champion_changed_to"] == other
     assert active(w.store) == other
     assert decision(w.store, job.candidate_version) == "rejected"
 
