@@ -94,7 +94,7 @@ def markdown(result: dict[str, Any]) -> str:
         "after a reviewed disagreement), `deadline` (the round's budget or the traffic ran out "
         "first: decided on what there was); `after waiting`: its queue was labeled out "
         f"undecided, so it waited for new traffic to review (at most {sizes.wait_rounds} "
-        "round(s)); `superseded`: a newer candidate replaced its champion while it waited, "
+        "round(s)); `superseded`: another candidate replaced its champion while it waited, "
         "so it was not published and is left out of the shares of those better and not "
         "better.",
         "",
