@@ -33,7 +33,7 @@ teacher: $(STAMP)
 
 test: $(STAMP)
 	@test -x /usr/bin/chromium || echo "note: no /usr/bin/chromium: the dashboard's browser test will be skipped (install it: apt-get install -y chromium)"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The unit tests: no real base model, no processes; tests that need PostgreSQL or Redis
 # are skipped where those do not answer (a laptop). One process per core, one torch thread
