@@ -65,6 +65,7 @@ def first_look(terms: GateTerms, judged: Judged) -> tuple[GateVerdict | None, st
         target_power=terms.target_power,
         unlabeled=judged.queued,
         looks=terms.looks,
+        spacing=terms.look_spacing,
         final=terms.review_hours == 0,
         more_coming=judged.waits_for_traffic(terms),
     )
@@ -304,6 +305,7 @@ def _look_again(
         target_power=terms.target_power,
         unlabeled=still_open,
         looks=terms.looks,
+        spacing=terms.look_spacing,
         looks_used=int(before.get("looks_used", 0)),
         last_look_at=before.get("looked_at"),
         final=late,

@@ -13,7 +13,8 @@ no-better candidate far more often than alpha, so the test is run at a few looks
 most `looks` of them, each at alpha / looks, with the sample size planned at that level.
 With one look it is taken at the planned count; with more, the first is taken at once (the
 end of the job: the gate split's free labels and whatever is labeled already) and the
-others as the decisive labels pass each further share of the planned count. Whatever the
+others as the decisive labels pass each further share of the planned count (equal shares,
+or counts that double up to it: `look_spacing`). Whatever the
 count, a look is taken when nothing more can come (every disagreement labeled, and no new
 traffic can bring more) or at the deadline, and that last look decides: it is taken at
 what the earlier looks left of alpha, alpha less alpha / looks for each look spent
@@ -181,10 +182,18 @@ class GateVerdict:
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def look_points(planned: int, looks: int) -> list[int]:
+Spacing = Literal["equal", "doubling"]
+
+
+def look_points(planned: int, looks: int, spacing: Spacing = "equal") -> list[int]:
     """Decisive-label counts at which looks after the first come: equal shares of the
-    planned count (with one look, the planned count itself)."""
+    planned count, or counts doubling up to it (with one look, the planned count itself).
+    Doubling looks early, where a candidate far better than planned is already shown
+    better on a small share of the plan; the looks' levels do not depend on where they
+    fall, so either spacing keeps alpha."""
     later = max(1, looks - 1)
+    if spacing == "doubling":
+        return [max(1, math.ceil(planned / 2 ** (later - j))) for j in range(1, later + 1)]
     return [max(1, math.ceil(planned * j / later)) for j in range(1, later + 1)]
 
 
@@ -216,6 +225,7 @@ def judge(
     last_look_at: int | None = None,
     final: bool = False,
     more_coming: bool = False,
+    spacing: Spacing = "equal",
 ) -> GateVerdict:
     """The verdict on `counts` (labeled disagreements) where the two models disagree on
     `disagreement_rate` of the texts they were both run on, `unlabeled` disagreements are
@@ -258,7 +268,7 @@ def judge(
     planned = planned_decisive(null_share, planned_share, level, target_power)
     plan = _Plan(
         d, decisive_share, null_share, planned_share, planned, level, looks,
-        look_points(planned, looks),
+        look_points(planned, looks, spacing),
     )  # fmt: skip
     reachable = planned if more_coming else n + round(unlabeled * decisive_share)
 

@@ -264,6 +264,14 @@ class PromotionParams(Section):
         "planned count or at the deadline (or when the disagreements run out, where no new "
         "traffic is scored), at what the earlier ones left.",
     )
+    look_spacing: Literal["equal", "doubling"] = Field(
+        "equal",
+        description="Where the looks after the first come: `equal` shares of the planned "
+        "count, or `doubling` counts that end at it (with 8 looks: 1/64, 1/32, ... 1/2 and "
+        "all of it), so that a candidate far better than planned is published after a few "
+        "dozen reviews instead of a few hundred; each look is still at (1 - confidence) / "
+        "looks.",
+    )
 
 
 class TeacherParams(Section):

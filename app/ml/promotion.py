@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.ml.disagreement_test import Spacing
 from app.ml.job_params import PromotionParams
 
 if TYPE_CHECKING:  # torch only where a model is measured: beat's re-judging reads the terms
@@ -49,6 +50,7 @@ class GateTerms:
     faster: bool
     tolerance: float
     confidence: float
+    look_spacing: Spacing
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -56,7 +58,10 @@ class GateTerms:
     @classmethod
     def from_dict(cls, stored: dict[str, Any]) -> GateTerms:
         """The terms as `as_dict` kept them (extra keys, stored beside them, are ignored)."""
-        return cls(**{name: stored[name] for name in cls.__dataclass_fields__})
+        values = {name: stored[name] for name in cls.__dataclass_fields__ if name in stored}
+        # Terms kept before the spacing was a term were judged at equal shares of the plan.
+        values.setdefault("look_spacing", "equal")
+        return cls(**values)
 
 
 def gate_terms(
@@ -81,6 +86,7 @@ def gate_terms(
         faster=faster,
         tolerance=gate.tolerance,
         confidence=gate.confidence,
+        look_spacing=gate.look_spacing,
     )
 
 

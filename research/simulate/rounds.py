@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 # What the replay needs of the gate's terms (app/ml/promotion.py GateTerms).
-GATE_TERMS = ("margin", "min_gain", "alpha", "target_power", "looks")
+GATE_TERMS = ("margin", "min_gain", "alpha", "target_power", "looks", "look_spacing")
 
 
 def _test_scores(metrics: dict[str, Any]) -> dict[str, float]:

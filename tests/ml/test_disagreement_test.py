@@ -8,9 +8,11 @@ import random
 import pytest
 
 from app.ml.disagreement_test import (
+    Spacing,
     Tally,
     critical_wins,
     judge,
+    look_points,
     planned_decisive,
     power,
     tally,
@@ -132,12 +134,27 @@ SEQUENTIAL = {
 }
 
 
-def _sequential(true_share: float, runs: int, seed: int, looks: int = 4) -> float:
+def _sequential(
+    true_share: float, runs: int, seed: int, looks: int = 4, spacing: Spacing = "equal"
+) -> float:
     """Share of candidates published when labels arrive in batches of random size and the
     gate is asked after every batch, as beat and the label route ask it: it takes its
     looks itself. Each run starts with 40 free decisive labels (the gate split)."""
+    return _sequential_runs(true_share, runs, seed, looks, spacing, SEQUENTIAL)[0]
+
+
+def _sequential_runs(
+    true_share: float,
+    runs: int,
+    seed: int,
+    looks: int,
+    spacing: Spacing,
+    terms: dict[str, float],
+) -> tuple[float, float]:
+    """`_sequential`'s share published under `terms`, and the mean decisive labels at the
+    decision."""
     rng = random.Random(seed)
-    published = 0
+    published, labels = 0, 0
     for _ in range(runs):
         n = 40
         wins = sum(rng.random() < true_share for _ in range(n))
@@ -149,17 +166,19 @@ def _sequential(true_share: float, runs: int, seed: int, looks: int = 4) -> floa
                 looks=looks,
                 looks_used=used,
                 last_look_at=at,
-                **SEQUENTIAL,
+                spacing=spacing,
+                **terms,
             )
             if verdict.verdict != "pending":
                 published += verdict.verdict == "publish"
+                labels += n
                 break
             assert verdict.looks_used <= looks
             used, at = verdict.looks_used, verdict.looked_at
             batch = min(unlabeled, rng.randint(1, 40))
             wins += sum(rng.random() < true_share for _ in range(batch))
             n, unlabeled = n + batch, unlabeled - batch
-    return published / runs
+    return published / runs, labels / runs
 
 
 def test_looks_are_planned_at_alpha_over_looks():
@@ -218,6 +237,38 @@ def test_looks_come_at_shares_of_the_planned_count_and_are_never_more_than_allow
             break
     assert spent == [40, math.ceil(planned / 3), math.ceil(2 * planned / 3), planned]
     assert verdict.verdict == "reject" and "look 4 of 4" in verdict.reason
+
+
+def test_doubling_looks_come_at_counts_that_double_up_to_the_planned_one():
+    assert look_points(1790, 8, "doubling") == [28, 56, 112, 224, 448, 895, 1790]
+    assert look_points(1790, 4, "equal") == [597, 1194, 1790]
+    assert look_points(1790, 1, "doubling") == look_points(1790, 1, "equal") == [1790]
+
+
+# The demo simulation's terms: two models apart on 14% of texts, a plan for one point of
+# accuracy (a win share of 0.536), so the plan asks for well over a thousand decisive labels.
+ONE_POINT = {**SEQUENTIAL, "disagreement_rate": 0.137, "min_gain": 0.01}
+
+
+def test_a_candidate_far_better_than_planned_is_published_at_an_early_doubling_look():
+    # 72 wins of 112 decisive labels (p = 0.0017): a candidate several points better.
+    common = {**ONE_POINT, "looks_used": 1, "last_look_at": 40, "unlabeled": 900}
+    early = judge(Tally(72, 40, 9), looks=8, spacing="doubling", **common)
+    assert early.verdict == "publish" and early.level == pytest.approx(0.05 / 8)
+    # With equal shares its next look is at a third of the plan, hundreds of labels away.
+    equal = judge(Tally(72, 40, 9), looks=4, spacing="equal", **common)
+    assert equal.verdict == "pending" and equal.next_look_at > 500
+
+
+def test_doubling_looks_keep_alpha_and_power_and_decide_a_clear_gain_sooner():
+    null, _ = _sequential_runs(0.5, 600, 7, 8, "doubling", ONE_POINT)
+    assert null <= 0.05 + 0.018  # alpha plus Monte Carlo error (2 sd)
+    planned, _ = _sequential_runs(0.536, 300, 8, 8, "doubling", ONE_POINT)
+    assert planned >= 0.8 - 0.05
+    clear, clear_labels = _sequential_runs(0.65, 200, 9, 8, "doubling", ONE_POINT)
+    equal, equal_labels = _sequential_runs(0.65, 200, 9, 4, "equal", ONE_POINT)
+    assert clear >= 0.95 and equal >= 0.95
+    assert clear_labels < 0.4 * equal_labels
 
 
 def test_a_look_that_could_not_publish_is_not_spent():

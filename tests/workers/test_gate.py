@@ -474,3 +474,61 @@ def test_workers_judging_one_job_at_once_decide_it_once(
         assert versions.active_version(s) == candidate
         assert jobs.get_job(s, job_id).promoted is True
     store.dispose()
+
+
+def test_a_waiting_candidate_is_looked_at_as_its_terms_space_the_looks(settings: Settings):
+    """Terms kept with `look_spacing: doubling` look at a small share of a large plan, so a
+    clearly better candidate is published at once; terms kept before the field existed
+    look at equal shares, and the same labels leave the candidate waiting."""
+    from app.ml.disagreement_test import Tally
+    from app.ml.job_params import PromotionParams
+    from app.ml.promotion import gate_terms
+    from app.registry import PENDING, activate_if_champion
+
+    store = Store(settings.store_url)
+
+    def save(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+
+    def make(decision: str) -> int:
+        return write_version(
+            settings,
+            store,
+            save,
+            labels=LABELS,
+            parent_version=None,
+            job_id=None,
+            metrics={},
+            lineage={},
+            decision=decision,
+        )
+
+    champion = make("published")
+    activate_if_champion(store, champion, None, "first")
+    outcome = {}
+    for spacing in ("doubling", "kept before"):
+        candidate = make(PENDING)
+        params = PromotionParams(looks=8, min_gain=0.01, look_spacing="doubling")
+        terms = gate_terms(params, default_margin=0.0)
+        # 72 wins, 40 losses on the gate split of 900 texts (13% disagree): p = 0.0017.
+        # Every disagreement is labeled and new traffic may bring more: no look is forced.
+        judged = gate.Judged(900, Tally(72, 40, 9), 0, 0, 0, traffic_upto=0, queue_limit=500)
+        record = gate.gate_record(terms, judged, None, "waiting", datetime.now().astimezone())
+        record["verdict"] = {"verdict": "pending", "looks_used": 1, "looked_at": 40}
+        record["deadline"] = (datetime.now().astimezone() + timedelta(days=2)).isoformat()
+        if spacing == "kept before":
+            del record["look_spacing"]
+        with store.session() as s:
+            job = jobs.create_job(s, {}, 0, "api")
+            job.status, job.stage = jobs.PENDING_REVIEW, "review"
+            job.champion_version, job.candidate_version = champion, candidate
+            job.metrics = {"comparison": record}
+            job_id = job.id
+        gate.judge_pending(settings, store, job_id)
+        row = job_row(store, job_id)
+        outcome[spacing] = (row.status, row.promoted)
+        if row.status == "succeeded":
+            assert row.metrics["comparison"]["verdict"]["level"] == pytest.approx(0.05 / 8)
+            activate(settings, store, champion, "the first again, for the next candidate")
+    assert outcome == {"doubling": ("succeeded", True), "kept before": ("pending_review", None)}
+    store.dispose()
