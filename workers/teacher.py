@@ -146,7 +146,7 @@ def train_teacher(
     warm = choice.warm_from is not None
     steps = params.teacher.refresh_steps if warm else params.teacher.finetune_steps
     base_encoder = str(encoder)
-    if warm:
+    if choice.warm_from is not None:
         with store.session() as session:
             parent = versions.get_version(session, choice.warm_from)
             if parent is not None:
