@@ -354,20 +354,7 @@ def test_the_deadline_rejects_with_the_reason(waiting: Waiting):
 def test_a_champion_changed_while_pending_is_not_replaced(waiting: Waiting):
     w = waiting
 
-    def save(folder: Path) -> None:
-        (folder / "config.json").write_text("{}")
-
-    other = write_version(
-        w.settings,
-        w.store,
-        save,
-        labels=LABELS,
-        parent_version=1,
-        job_id=None,
-        metrics={},
-        lineage={},
-        decision="published",
-    )
+    other = _bare_version(w.settings, w.store, "published", parent=1)
     activate(w.settings, w.store, other, "an operator's choice")
     for item in open_items(w):
         review(w, item)  # labels that would have published it
@@ -426,36 +413,15 @@ def test_workers_judging_one_job_at_once_decide_it_once(
         settings = settings.model_copy(update={"database_url": url})
     store = Store(settings.store_url)
 
-    def save(folder: Path) -> None:
-        (folder / "config.json").write_text("{}")
-
-    def make(decision: str) -> int:
-        return write_version(
-            settings,
-            store,
-            save,
-            labels=LABELS,
-            parent_version=None,
-            job_id=None,
-            metrics={},
-            lineage={},
-            decision=decision,
-        )
-
-    champion = make("published")
+    champion = _bare_version(settings, store, "published")
     activate_if_champion(store, champion, None, "first")
-    candidate = make(PENDING)
+    candidate = _bare_version(settings, store, PENDING)
     terms = gate_terms(PromotionParams(looks=2), default_margin=0.0)
     # 40 wins on the gate split; the first look was not taken (as if it were not due).
     judged = gate.Judged(100, Tally(40, 0, 0), 0, 0, 0)
     record = gate.gate_record(terms, judged, None, "waiting", datetime.now().astimezone())
     record["verdict"] = {"verdict": "pending", "looks_used": 0, "looked_at": None}
-    with store.session() as s:
-        job = jobs.create_job(s, {}, 0, "api")
-        job.status, job.stage = jobs.PENDING_REVIEW, "review"
-        job.champion_version, job.candidate_version = champion, candidate
-        job.metrics = {"comparison": record}
-        job_id = job.id
+    job_id = _waiting_job(store, champion, candidate, record)
     outcomes: list[list[str]] = []
     barrier = threading.Barrier(6)
 
@@ -487,27 +453,11 @@ def test_a_waiting_candidate_is_looked_at_as_its_terms_space_the_looks(settings:
 
     store = Store(settings.store_url)
 
-    def save(folder: Path) -> None:
-        (folder / "config.json").write_text("{}")
-
-    def make(decision: str) -> int:
-        return write_version(
-            settings,
-            store,
-            save,
-            labels=LABELS,
-            parent_version=None,
-            job_id=None,
-            metrics={},
-            lineage={},
-            decision=decision,
-        )
-
-    champion = make("published")
+    champion = _bare_version(settings, store, "published")
     activate_if_champion(store, champion, None, "first")
     outcome = {}
     for spacing in ("doubling", "kept before"):
-        candidate = make(PENDING)
+        candidate = _bare_version(settings, store, PENDING)
         params = PromotionParams(looks=8, min_gain=0.01, look_spacing="doubling")
         terms = gate_terms(params, default_margin=0.0)
         # 72 wins, 40 losses on the gate split of 900 texts (13% disagree): p = 0.0017.
@@ -518,12 +468,7 @@ def test_a_waiting_candidate_is_looked_at_as_its_terms_space_the_looks(settings:
         record["deadline"] = (datetime.now().astimezone() + timedelta(days=2)).isoformat()
         if spacing == "kept before":
             del record["look_spacing"]
-        with store.session() as s:
-            job = jobs.create_job(s, {}, 0, "api")
-            job.status, job.stage = jobs.PENDING_REVIEW, "review"
-            job.champion_version, job.candidate_version = champion, candidate
-            job.metrics = {"comparison": record}
-            job_id = job.id
+        job_id = _waiting_job(store, champion, candidate, record)
         gate.judge_pending(settings, store, job_id)
         row = job_row(store, job_id)
         outcome[spacing] = (row.status, row.promoted)
@@ -532,3 +477,34 @@ def test_a_waiting_candidate_is_looked_at_as_its_terms_space_the_looks(settings:
             activate(settings, store, champion, "the first again, for the next candidate")
     assert outcome == {"doubling": ("succeeded", True), "kept before": ("pending_review", None)}
     store.dispose()
+
+
+def _bare_version(
+    settings: Settings, store: Store, decision: str, parent: int | None = None
+) -> int:
+    """A model version with an empty folder: the gate never loads one it only decides on."""
+
+    def save(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+
+    return write_version(
+        settings,
+        store,
+        save,
+        labels=LABELS,
+        parent_version=parent,
+        job_id=None,
+        metrics={},
+        lineage={},
+        decision=decision,
+    )
+
+
+def _waiting_job(store: Store, champion: int, candidate: int, record: dict[str, Any]) -> str:
+    """A job whose candidate waits for reviews with the gate's `record` as its comparison."""
+    with store.session() as s:
+        job = jobs.create_job(s, {}, 0, "api")
+        job.status, job.stage = jobs.PENDING_REVIEW, "review"
+        job.champion_version, job.candidate_version = champion, candidate
+        job.metrics = {"comparison": record}
+        return str(job.id)

@@ -147,18 +147,22 @@ def test_the_teacher_scores_are_its_own_logits_not_the_stored_ones(with_teacher)
     assert kept != pytest.approx([1.0, 0.0, -1.0], abs=0.05)  # not the stored prediction
 
 
-def _grow_gold(store: Store) -> None:
+def _refreshed(store: Store, settings: Settings, refresh_steps: int) -> jobs.Job:
+    """A job run after a first one made teacher v2 and gold train then grew past the
+    refresh share."""
+    assert _run(store, settings).status == "succeeded"
     with store.session() as s:
         extra = [gold.GoldItem(t, lbl, "train") for t, lbl in synthetic_texts(200, 77)]
         gold.import_gold(s, extra, "test")
+    grown = {"teacher.refresh_growth": 0.5, "teacher.refresh_steps": refresh_steps}
+    job = _run(store, settings, **grown)
+    assert job.status == "succeeded", job.error
+    return job
 
 
 def test_gold_grown_past_the_refresh_share_fine_tunes_the_newest_teacher_further(with_teacher):
     settings, store = with_teacher
-    assert _run(store, settings).status == "succeeded"
-    _grow_gold(store)
-    job = _run(store, settings, **{"teacher.refresh_growth": 0.5, "teacher.refresh_steps": 2})
-    assert job.status == "succeeded", job.error
+    job = _refreshed(store, settings, refresh_steps=2)
     with store.session() as s:
         teachers = [v for v in versions.list_versions(s) if v.decision == "teacher"]
         assert [v.version for v in teachers] == [4, 2]
@@ -183,10 +187,7 @@ def test_gold_grown_past_the_refresh_share_fine_tunes_the_newest_teacher_further
 
 def test_a_refresh_with_no_steps_of_its_own_fine_tunes_the_encoder_again(with_teacher):
     settings, store = with_teacher
-    assert _run(store, settings).status == "succeeded"
-    _grow_gold(store)
-    job = _run(store, settings, **{"teacher.refresh_growth": 0.5, "teacher.refresh_steps": 0})
-    assert job.status == "succeeded", job.error
+    job = _refreshed(store, settings, refresh_steps=0)
     with store.session() as s:
         newest = next(v for v in versions.list_versions(s) if v.decision == "teacher")
         taught = versions.get_version(s, job.candidate_version).lineage["taught_by"]
