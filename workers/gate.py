@@ -66,6 +66,7 @@ def first_look(terms: GateTerms, judged: Judged) -> tuple[GateVerdict | None, st
         unlabeled=judged.queued,
         looks=terms.looks,
         spacing=terms.look_spacing,
+        early_level=terms.early_level,
         final=terms.review_hours == 0,
         more_coming=judged.waits_for_traffic(terms),
     )
@@ -306,6 +307,7 @@ def _look_again(
         unlabeled=still_open,
         looks=terms.looks,
         spacing=terms.look_spacing,
+        early_level=terms.early_level,
         looks_used=int(before.get("looks_used", 0)),
         last_look_at=before.get("looked_at"),
         final=late,

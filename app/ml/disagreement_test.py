@@ -206,9 +206,10 @@ class _Plan:
     null_share: float
     planned_share: float
     planned: int
-    level: float
+    level: float  # of each look but the last
     looks: int
     points: list[int]
+    plan_level: float  # the level the planned count is sized for
 
 
 def judge(
@@ -226,6 +227,7 @@ def judge(
     final: bool = False,
     more_coming: bool = False,
     spacing: Spacing = "equal",
+    early_level: float = 0.0,
 ) -> GateVerdict:
     """The verdict on `counts` (labeled disagreements) where the two models disagree on
     `disagreement_rate` of the texts they were both run on, `unlabeled` disagreements are
@@ -236,8 +238,15 @@ def judge(
     `last_look_at` decisive labels (None: no look yet, the end of the job), `final` at
     the deadline. A look that could not publish whatever the labels said (too few
     decisive labels for any count of wins to pass) is not spent. `more_coming`: new
-    traffic can still bring disagreements, so an empty queue waits instead of deciding."""
-    level = alpha / looks
+    traffic can still bring disagreements, so an empty queue waits instead of deciding.
+    `early_level` (0: alpha / looks): the level of every look but the last, at most alpha /
+    looks; the last takes what they left, and the plan is made at the least it can be, so
+    that a small early level keeps nearly all of alpha, and the power, for the last look
+    (Haybittle and Peto's rule)."""
+    level = alpha / looks if early_level <= 0 else min(early_level, alpha / looks)
+    plan_level = alpha - (looks - 1) * level if looks > 1 else alpha
+    if early_level <= 0:
+        plan_level = level  # planned as each look's share, as before there was a choice
     if disagreement_rate <= 0.0 and counts.labeled == 0 and unlabeled == 0:
         return _identical(counts, margin, level, looks, looks_used)
     d = max(disagreement_rate, 1e-9)
@@ -265,10 +274,10 @@ def judge(
     planned_share = min(
         0.999, max(0.5 * (1 + (margin + min_gain) / d), null_share + 0.5 * min_gain / d)
     )
-    planned = planned_decisive(null_share, planned_share, level, target_power)
+    planned = planned_decisive(null_share, planned_share, plan_level, target_power)
     plan = _Plan(
         d, decisive_share, null_share, planned_share, planned, level, looks,
-        look_points(planned, looks, spacing),
+        look_points(planned, looks, spacing), plan_level,
     )  # fmt: skip
     reachable = planned if more_coming else n + round(unlabeled * decisive_share)
 
@@ -284,7 +293,7 @@ def judge(
     last = final or spent_all or ran_out or n >= planned
     last = last or (due and looks_used + 1 >= looks)
     if last and not spent_all:
-        level = alpha - looks_used * alpha / looks  # what the earlier looks left
+        level = alpha - looks_used * plan.level  # what the earlier looks left
     can_publish = not spent_all and n > 0 and critical_wins(n, null_share, level) <= n
     if not last and not (due and can_publish):
         at = n if due else last_look_at
@@ -375,7 +384,9 @@ def _pending(
         plan.null_share,
         plan.planned_share,
         planned,
-        power(min(planned, max(reachable, 1)), plan.null_share, plan.planned_share, plan.level),
+        power(
+            min(planned, max(reachable, 1)), plan.null_share, plan.planned_share, plan.plan_level
+        ),
         p_value,
         more,
         gain,

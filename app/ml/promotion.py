@@ -51,6 +51,7 @@ class GateTerms:
     tolerance: float
     confidence: float
     look_spacing: Spacing
+    early_level: float
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -61,6 +62,7 @@ class GateTerms:
         values = {name: stored[name] for name in cls.__dataclass_fields__ if name in stored}
         # Terms kept before the spacing was a term were judged at equal shares of the plan.
         values.setdefault("look_spacing", "equal")
+        values.setdefault("early_level", 0.0)
         return cls(**values)
 
 
@@ -87,6 +89,7 @@ def gate_terms(
         tolerance=gate.tolerance,
         confidence=gate.confidence,
         look_spacing=gate.look_spacing,
+        early_level=gate.early_level,
     )
 
 

@@ -26,11 +26,26 @@ from typing import Any
 from app.ml.disagreement_test import Spacing, Tally, judge
 from research.simulate.summary import BETTER
 
-RULES: list[tuple[Spacing, int]] = [("equal", 4), ("doubling", 8)]
+# (spacing, looks, level of the early looks; 0: alpha / looks)
+RULES: list[tuple[Spacing, int, float]] = [
+    ("equal", 4, 0.0),
+    ("doubling", 8, 0.0),
+    ("doubling", 8, 0.001),
+]
+
+
+def rule_name(spacing: Spacing, looks: int, early: float) -> str:
+    return f"{spacing}/{looks}" + (f" at {early:g}" if early else "")
 
 
 def decide(
-    labels: list[str], free: int, rate: float, terms: dict[str, Any], spacing: Spacing, looks: int
+    labels: list[str],
+    free: int,
+    rate: float,
+    terms: dict[str, Any],
+    spacing: Spacing,
+    looks: int,
+    early: float = 0.0,
 ) -> tuple[str, int]:
     """(verdict, reviews given) for labels ("w", "l", "t") arriving in this order, the
     first `free` of them the gate split's."""
@@ -51,6 +66,7 @@ def decide(
             looks_used=used,
             last_look_at=at,
             spacing=spacing,
+            early_level=early,
         )
         if verdict.verdict != "pending":
             return verdict.verdict, given - free
@@ -79,7 +95,7 @@ def reorder(result: dict[str, Any], orders: int, seed: int = 0) -> list[dict[str
                 "gain": decision["test_macro_f1_gain"],
                 "run": {"published": decision["published"], "reviews": decision["reviews"]},
             }
-            for spacing, looks in RULES:
+            for spacing, looks, early in RULES:
                 outcomes = []
                 for _ in range(orders):
                     # The run kept one tally for the gate split and the reviews together:
@@ -93,9 +109,10 @@ def reorder(result: dict[str, Any], orders: int, seed: int = 0) -> list[dict[str
                             gate["terms"],
                             spacing,
                             looks,
+                            early,
                         )  # fmt: skip
                     )
-                row[f"{spacing}/{looks}"] = {
+                row[rule_name(spacing, looks, early)] = {
                     "published": sum(v == "publish" for v, _ in outcomes) / orders,
                     "reviews": statistics.median(r for _, r in outcomes),
                 }
@@ -104,7 +121,7 @@ def reorder(result: dict[str, Any], orders: int, seed: int = 0) -> list[dict[str
 
 
 def markdown(rows: list[dict[str, Any]], orders: int) -> str:
-    names = [f"{s}/{n}" for s, n in RULES]
+    names = [rule_name(*rule) for rule in RULES]
     lines = [
         "### The recorded labels in random orders: when each spacing of looks decides",
         "",

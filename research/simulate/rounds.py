@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 # What the replay needs of the gate's terms (app/ml/promotion.py GateTerms).
-GATE_TERMS = ("margin", "min_gain", "alpha", "target_power", "looks", "look_spacing")
+GATE_TERMS = (
+    "margin", "min_gain", "alpha", "target_power", "looks", "look_spacing", "early_level",
+)  # fmt: skip
 
 
 def _test_scores(metrics: dict[str, Any]) -> dict[str, float]:

@@ -150,6 +150,7 @@ def _sequential_runs(
     looks: int,
     spacing: Spacing,
     terms: dict[str, float],
+    early_level: float = 0.0,
 ) -> tuple[float, float]:
     """`_sequential`'s share published under `terms`, and the mean decisive labels at the
     decision."""
@@ -167,6 +168,7 @@ def _sequential_runs(
                 looks_used=used,
                 last_look_at=at,
                 spacing=spacing,
+                early_level=early_level,
                 **terms,
             )
             if verdict.verdict != "pending":
@@ -269,6 +271,26 @@ def test_doubling_looks_keep_alpha_and_power_and_decide_a_clear_gain_sooner():
     equal, equal_labels = _sequential_runs(0.65, 200, 9, 4, "equal", ONE_POINT)
     assert clear >= 0.95 and equal >= 0.95
     assert clear_labels < 0.4 * equal_labels
+
+
+def test_early_looks_at_a_small_level_leave_the_last_look_nearly_all_of_alpha():
+    common = {**ONE_POINT, "looks": 8, "early_level": 0.001, "spacing": "doubling"}
+    early = judge(Tally(60, 40, 9), unlabeled=900, looks_used=1, last_look_at=40, **common)
+    assert early.verdict == "pending" and early.level == pytest.approx(0.001)
+    # The plan is sized for the last look's least level, 0.05 - 7 x 0.001.
+    assert early.planned_decisive == planned_decisive(0.5, early.planned_share, 0.043, 0.8)
+    last = judge(Tally(60, 40, 9), unlabeled=0, looks_used=2, last_look_at=90, **common)
+    assert last.level == pytest.approx(0.048) and last.verdict == "publish"  # p = 0.029
+
+
+def test_early_looks_at_a_small_level_keep_alpha_and_power_and_decide_a_clear_gain_sooner():
+    null, _ = _sequential_runs(0.5, 600, 10, 8, "doubling", ONE_POINT, 0.001)
+    assert null <= 0.05 + 0.018  # alpha plus Monte Carlo error (2 sd)
+    planned, _ = _sequential_runs(0.536, 300, 11, 8, "doubling", ONE_POINT, 0.001)
+    assert planned >= 0.8 - 0.05
+    clear, clear_labels = _sequential_runs(0.65, 200, 9, 8, "doubling", ONE_POINT, 0.001)
+    _, equal_labels = _sequential_runs(0.65, 200, 9, 4, "equal", ONE_POINT)
+    assert clear >= 0.95 and clear_labels < 0.5 * equal_labels
 
 
 def test_a_look_that_could_not_publish_is_not_spent():

@@ -125,3 +125,16 @@ def test_the_jobs_margin_wins_over_the_setting():
 
     assert margin_used(None, 0.2) == 0.2
     assert margin_used(-0.1, 0.2) == -0.1
+
+
+def test_the_gate_terms_keep_how_the_looks_fall_and_read_older_terms_as_before():
+    from app.ml.job_params import PromotionParams
+    from app.ml.promotion import GateTerms, gate_terms
+
+    asked = PromotionParams(looks=8, look_spacing="doubling", early_level=0.001)
+    terms = gate_terms(asked, default_margin=0.0)
+    assert GateTerms.from_dict(terms.as_dict()) == GateTerms(**terms.as_dict())  # rounded
+    assert (terms.looks, terms.look_spacing, terms.early_level) == (8, "doubling", 0.001)
+    older = {k: v for k, v in terms.as_dict().items() if k not in ("look_spacing", "early_level")}
+    before = GateTerms.from_dict(older)
+    assert (before.look_spacing, before.early_level) == ("equal", 0.0)

@@ -38,6 +38,9 @@ def test_equal_looks_need_every_recorded_label_where_doubling_ones_need_a_share(
     assert row["equal/4"] == {"published": 1.0, "reviews": 342}
     assert row["doubling/8"]["published"] == 1.0
     assert row["doubling/8"]["reviews"] < 200
+    # Early looks at 0.001: later than at alpha / 8, still before the labels run out.
+    assert row["doubling/8 at 0.001"]["published"] == 1.0
+    assert row["doubling/8"]["reviews"] <= row["doubling/8 at 0.001"]["reviews"] < 342
     path = tmp_path / "results.json"
     path.write_text(json.dumps(_result(194, 105, 48, 0.0876)))
     reorder.main([str(path), "--orders", "5"])
