@@ -14,9 +14,9 @@ most `looks` of them, each at alpha / looks, with the sample size planned at tha
 With one look it is taken at the planned count; with more, the first is taken at once (the
 end of the job: the gate split's free labels and whatever is labeled already) and the
 others as the decisive labels pass each further share of the planned count (equal shares,
-or counts that double up to it: `look_spacing`). Whatever the
-count, a look is taken when nothing more can come (every disagreement labeled, and no new
-traffic can bring more) or at the deadline, and that last look decides: it is taken at
+or counts that double up to it: `look_spacing`). Whatever the count, a look is taken when
+nothing more can come (every disagreement labeled, and no new traffic can bring more) or
+at the deadline, and that last look decides: it is taken at
 what the earlier looks left of alpha, alpha less alpha / looks for each look spent
 (Bonferroni: the levels of the looks taken add up to at most alpha, so the chance that any
 look publishes a candidate no better than the margin stays at most alpha, however the looks
@@ -25,7 +25,8 @@ with a few hundred of them, is then judged at alpha rather than at a share of it
 traffic can bring more disagreements (a waiting candidate is shown the traffic stored after
 its job: workers/review_traffic.py), an empty queue is not the end: the candidate waits for
 them, and the looks stay where they are planned. Until a look decides, the verdict is
-"pending", with how many more reviews it needs.
+"pending", with how many more reviews it needs. With `early_level`, every look but the
+last is at that smaller level, the last at what they left, the plan sized for the last.
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ class PromotionParams(Section):
         ge=0.0,
         lt=0.5,
         description="The level of every look but the last, at most (1 - confidence) / looks "
-        "(0: that). A small one (0.001) lets a candidate shown far better publish early "
+        "(0: that). A small one lets a candidate shown far better publish early "
         "while the last look keeps nearly all of 1 - confidence, and the review plan is "
         "sized for that last look (Haybittle-Peto).",
     )
