@@ -59,16 +59,10 @@ def first_look(terms: GateTerms, judged: Judged) -> tuple[GateVerdict | None, st
     verdict = judge(
         judged.gate_tally,
         disagreement_rate=judged.disagreement_rate,
-        margin=terms.margin,
-        min_gain=terms.min_gain,
-        alpha=terms.alpha,
-        target_power=terms.target_power,
         unlabeled=judged.queued,
-        looks=terms.looks,
-        spacing=terms.look_spacing,
-        early_level=terms.early_level,
         final=terms.review_hours == 0,
         more_coming=judged.waits_for_traffic(terms),
+        **terms.test_terms(),
     )
     return verdict, explain(judged, verdict, 0)
 
@@ -300,18 +294,12 @@ def _look_again(
     verdict = judge(
         judged.gate_tally + reviewed,
         disagreement_rate=judged.disagreement_rate,
-        margin=terms.margin,
-        min_gain=terms.min_gain,
-        alpha=terms.alpha,
-        target_power=terms.target_power,
         unlabeled=still_open,
-        looks=terms.looks,
-        spacing=terms.look_spacing,
-        early_level=terms.early_level,
         looks_used=int(before.get("looks_used", 0)),
         last_look_at=before.get("looked_at"),
         final=late,
         more_coming=more_coming,
+        **terms.test_terms(),
     )
     if verdict.p_value is not None and verdict.looks_used > int(before.get("looks_used", 0)):
         record["looks_taken"] = [*record.get("looks_taken", []), _look(verdict, now)]

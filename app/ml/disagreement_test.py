@@ -244,10 +244,10 @@ def judge(
     looks; the last takes what they left, and the plan is made at the least it can be, so
     that a small early level keeps nearly all of alpha, and the power, for the last look
     (Haybittle and Peto's rule)."""
-    level = alpha / looks if early_level <= 0 else min(early_level, alpha / looks)
-    plan_level = alpha - (looks - 1) * level if looks > 1 else alpha
-    if early_level <= 0:
-        plan_level = level  # planned as each look's share, as before there was a choice
+    level = plan_level = alpha / looks
+    if early_level > 0:  # the early looks at it, the plan at what they leave the last
+        level = min(early_level, alpha / looks)
+        plan_level = alpha - (looks - 1) * level
     if disagreement_rate <= 0.0 and counts.labeled == 0 and unlabeled == 0:
         return _identical(counts, margin, level, looks, looks_used)
     d = max(disagreement_rate, 1e-9)

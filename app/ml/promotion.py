@@ -56,11 +56,25 @@ class GateTerms:
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
+    def test_terms(self) -> dict[str, Any]:
+        """The terms the gate's test is run under (app/ml/disagreement_test.judge), at
+        every look: at the end of the job and each one while the candidate waits."""
+        return {
+            "margin": self.margin,
+            "min_gain": self.min_gain,
+            "alpha": self.alpha,
+            "target_power": self.target_power,
+            "looks": self.looks,
+            "spacing": self.look_spacing,
+            "early_level": self.early_level,
+        }
+
     @classmethod
     def from_dict(cls, stored: dict[str, Any]) -> GateTerms:
         """The terms as `as_dict` kept them (extra keys, stored beside them, are ignored)."""
         values = {name: stored[name] for name in cls.__dataclass_fields__ if name in stored}
-        # Terms kept before the spacing was a term were judged at equal shares of the plan.
+        # Terms kept before these two were terms were judged at equal shares of the plan,
+        # each look at alpha / looks.
         values.setdefault("look_spacing", "equal")
         values.setdefault("early_level", 0.0)
         return cls(**values)

@@ -110,7 +110,7 @@ def reorder(result: dict[str, Any], orders: int, seed: int = 0) -> list[dict[str
                             spacing,
                             looks,
                             early,
-                        )  # fmt: skip
+                        )
                     )
                 row[rule_name(spacing, looks, early)] = {
                     "published": sum(v == "publish" for v, _ in outcomes) / orders,
